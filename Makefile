@@ -1,0 +1,29 @@
+# The two commands of README.md: `make run` (train the default experiment) and `make test`.
+# Each one sets up what it needs first: a venv from requirements.txt and, where apt exists,
+# Debian's Fashion-MNIST package.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+WORKDIR ?= runs/default
+
+.PHONY: run test setup data
+run: setup
+	$(PY) main.py --config=configs/default.py --workdir=$(WORKDIR)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+setup: $(VENV)/.installed data
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements.txt
+	touch $@
+
+data:
+	@if [ ! -f $(FMNIST) ] && command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
+	fi

@@ -1,0 +1,88 @@
+"""Optimizers and learning-rate schedules from the config, built with optax.
+
+Schedules are defined in epochs in the config and converted to steps here.
+"""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from errors import UserError
+
+OPTIMIZERS = ('sgd', 'adam', 'adamw', 'adadelta', 'rmsprop')
+SCHEDULES = ('constant', 'multistep', 'cosine', 'onecycle', 'linear')
+
+
+def check(config) -> None:
+  """Validates optimizer and schedule settings in Python (no tracing)."""
+  o, s = config.optimizer, config.schedule
+  if o.name not in OPTIMIZERS:
+    raise UserError(f'unknown optimizer {o.name!r}; choose one of {", ".join(OPTIMIZERS)}')
+  if s.name not in SCHEDULES:
+    raise UserError(f'unknown schedule {s.name!r}; choose one of {", ".join(SCHEDULES)}')
+  if o.learning_rate <= 0:
+    raise UserError(f'optimizer.learning_rate must be positive, got {o.learning_rate}')
+  if o.weight_decay < 0:
+    raise UserError(f'optimizer.weight_decay must be >= 0, got {o.weight_decay}')
+  if o.weight_decay_on not in ('all', 'kernels'):
+    raise UserError(f"optimizer.weight_decay_on must be 'all' or 'kernels', got {o.weight_decay_on!r}")
+  if s.warmup_epochs < 0:
+    raise UserError(f'schedule.warmup_epochs must be >= 0, got {s.warmup_epochs}')
+  _milestones(s.milestones)
+
+
+def _milestones(text: str) -> list[float]:
+  try:
+    return [float(m) for m in str(text).split(',') if m.strip()]
+  except ValueError:
+    raise UserError(f"schedule.milestones must be epochs like '100,190,306', got {text!r}") from None
+
+
+def learning_rate_schedule(config, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
+  s, peak = config.schedule, config.optimizer.learning_rate
+  warmup = min(int(round(s.warmup_epochs * steps_per_epoch)), max(0, total_steps - 1))
+  rest = max(1, total_steps - warmup)
+  end = peak * s.final_lr_fraction
+  if s.name == 'constant':
+    main = optax.constant_schedule(peak)
+  elif s.name == 'multistep':
+    bounds = {int(round(m * steps_per_epoch)) - warmup: s.gamma for m in _milestones(s.milestones)}
+    main = optax.piecewise_constant_schedule(peak, {b: g for b, g in bounds.items() if b > 0})
+  elif s.name == 'cosine':
+    main = optax.cosine_decay_schedule(peak, rest, alpha=s.final_lr_fraction)
+  else:  # onecycle / linear: linear decay to the end value after the (linear) warmup
+    main = optax.linear_schedule(peak, end, rest)
+  if warmup == 0:
+    return main
+  return optax.join_schedules([optax.linear_schedule(peak / max(warmup, 1), peak, warmup), main],
+                              [warmup])
+
+
+def _kernel_mask(params):
+  """True for conv/dense kernels (ndim >= 2), False for biases and norm parameters."""
+  return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+
+
+def create(config, steps_per_epoch: int, total_steps: int) -> optax.GradientTransformation:
+  o = config.optimizer
+  lr = learning_rate_schedule(config, steps_per_epoch, total_steps)
+  mask = None if o.weight_decay_on == 'all' else _kernel_mask
+  parts = []
+  if o.grad_clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(o.grad_clip_norm))
+  if o.name == 'adamw':
+    parts.append(optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
+                             mask=mask))
+    return optax.chain(*parts)
+  if o.weight_decay > 0:  # coupled L2, as PyTorch's weight_decay argument does
+    parts.append(optax.add_decayed_weights(o.weight_decay, mask=mask))
+  if o.name == 'sgd':
+    parts.append(optax.sgd(lr, momentum=o.momentum or None, nesterov=o.nesterov))
+  elif o.name == 'adam':
+    parts.append(optax.adam(lr, b1=o.b1, b2=o.b2, eps=o.eps))
+  elif o.name == 'adadelta':
+    parts.append(optax.adadelta(lr, rho=o.rho, eps=o.eps))
+  elif o.name == 'rmsprop':
+    parts.append(optax.rmsprop(lr, decay=o.rho, eps=o.eps, momentum=o.momentum or None))
+  return optax.chain(*parts)
