@@ -22,7 +22,6 @@ width and 1x1 placement never need a new class:
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -237,7 +236,3 @@ for _name, _layout in CIFAR_LAYOUTS.items():
   register(_name, build, layout=_layout)
 # A generic name for layout-only use (`--config.model.layers=...`); defaults to the 5M layout.
 register('simplenet', build, layout=CIFAR_LAYOUTS['simplenet_cifar_5m'])
-
-
-def count_params(variables) -> int:
-  return sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(variables))

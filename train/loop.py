@@ -14,7 +14,6 @@ Design notes (details in README.md):
 
 
 import json
-import math
 import os
 import tempfile
 import time
@@ -31,6 +30,7 @@ from absl import logging
 from clu import metrics as clu_metrics
 
 import models
+from models import summary
 from data import augment as augment_lib
 from data import datasets
 from errors import NonFiniteLossError, UserError
@@ -216,10 +216,6 @@ def _fmt_time(seconds: float) -> str:
       f'{seconds // 60}m{seconds % 60:02d}s'
 
 
-def num_params(params) -> int:
-  return int(sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
-
-
 def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), 'checkpoints'),
@@ -271,7 +267,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                       opt_state=tx.init(params), nonfinite_step=jnp.int32(-1))
 
   state = jax.jit(init_state, out_shardings=rep)()
-  n_params = num_params(state.params)
+  n_params = summary.count_params(state.params)
 
   meta = {'history': [], 'train_time_s': 0.0, 'train_images': 0, 'train_seconds': 0.0,
           'compile_time_s': 0.0}
