@@ -18,11 +18,24 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file, optionally with :key=value,... '
                                 'arguments.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard logs and results.')
-flags.DEFINE_enum('mode', 'train', ['train'], 'What to do.')
+flags.DEFINE_enum('mode', 'train', ['train', 'sweep', 'report'], 'What to do.')
 flags.DEFINE_string('coordinator_address', '', 'Multi-process: host:port of process 0 '
                     '(SLURM and TPU pods are detected without it).')
 flags.DEFINE_integer('num_processes', 0, 'Multi-process: number of processes.')
 flags.DEFINE_integer('process_id', -1, 'Multi-process: index of this process.')
+# --mode=sweep / --mode=report (sweeps/); a sweep file's get_slurm() may set the SLURM ones.
+flags.DEFINE_multi_string('sweep', [], 'Sweep axis KEY=V1,V2,... (values with commas: V1;V2); '
+                          'repeated flags form a product. sweep.budget_params=300K solves widths.')
+flags.DEFINE_bool('dry_run', False, 'Sweep: print every trial (overrides, params, MACs), train nothing.')
+flags.DEFINE_enum('launcher', 'local', ['local', 'slurm'], 'Sweep: local processes or a SLURM array.')
+flags.DEFINE_integer('parallel', 1, 'Sweep: trials at once (SLURM array throttle; 0 = no limit).')
+flags.DEFINE_string('slurm_partition', '', 'SLURM partition (default: the cluster default).')
+flags.DEFINE_string('slurm_time', '', 'SLURM time limit per trial, e.g. 02:00:00.')
+flags.DEFINE_integer('slurm_cpus', 0, 'SLURM CPUs per trial.')
+flags.DEFINE_integer('slurm_gpus', 0, 'SLURM GPUs per trial (the trial shards its batch over them).')
+flags.DEFINE_string('slurm_mem', '', 'SLURM memory per trial, e.g. 16G.')
+flags.DEFINE_string('slurm_args', '', 'More sbatch options, e.g. "--account=a --qos=q".')
+flags.DEFINE_bool('slurm_wait', True, 'Wait for the SLURM array, then summarize.')
 
 
 class _QuietLibraries(py_logging.Filter):
@@ -35,12 +48,40 @@ class _QuietLibraries(py_logging.Filter):
 def run(argv) -> None:
   del argv
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  if FLAGS.mode == 'report':
+    from sweeps import report
+    report.main(FLAGS.workdir)
+    return
   if FLAGS.config is None:
     raise UserError('--config is required, e.g. --config=configs/default.py')
+  if FLAGS.mode == 'sweep':
+    from sweeps import expand, launch
+    slurm = launch.Slurm(FLAGS.slurm_partition, FLAGS.slurm_time, FLAGS.slurm_cpus, FLAGS.slurm_gpus,
+                         FLAGS.slurm_mem, FLAGS.slurm_args, FLAGS.slurm_wait)
+    sys.exit(launch.run_sweep(expand.base_config_args(FLAGS['config']), FLAGS.workdir, FLAGS.sweep,
+                              FLAGS.dry_run, FLAGS.launcher, FLAGS.parallel, slurm))
   from train import distributed, loop  # imported after flag parsing: JAX reads XLA_FLAGS here
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if FLAGS.mode == 'train':
     loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with every mistake reported as one `error:` line and exit code 2."""
+  try:
+    return FLAGS(argv)
+  except (UserError, flags.Error) as e:
+    message = str(e)
+  except (KeyError, AttributeError) as e:  # ml_collections: an override names no such field
+    field = str(e).strip('"\'').split("'")[0]
+    given = [a.split('=')[0][len('--config.'):] for a in argv
+             if a.startswith('--config.') and field in a.split('=')[0].split('.')]
+    message = (f'unknown config key {given[0] if given else field!r}; the config file defines the '
+               'keys (see a run\'s workdir/config.json for the full list)')
+  except (ValueError, TypeError) as e:
+    message = f'bad flag value: {e}'
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
 
 
 def main(argv) -> None:
@@ -53,4 +94,4 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -157,7 +157,7 @@ def make_train_step(model, tx, config, steps_per_epoch: int, mesh, step_key: jax
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ok = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+    ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
     keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
     new_state = state.replace(
         step=state.step + 1,
@@ -269,7 +269,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = jax.jit(init_state, out_shardings=rep)()
   n_params = summary.count_params(state.params)
 
-  meta = {'history': [], 'train_time_s': 0.0, 'train_images': 0, 'train_seconds': 0.0,
+  meta = {'history': [], 'train_log': [], 'train_time_s': 0.0, 'train_images': 0, 'train_seconds': 0.0,
           'compile_time_s': 0.0}
   mngr = checkpoint_manager(workdir, config.keep_checkpoints)
   if mngr.latest_step() is not None:
@@ -340,6 +340,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         rate = images_since_mark / max(now - t_mark, 1e-9)
         t_mark, images_since_mark = now, 0
         check_finite()
+        meta['train_log'].append([step, last_train['loss'], last_train['accuracy']])
         if main_proc:
           eta = (total_steps - step) * batch / max(rate, 1e-9)
           logging.info('step %d/%d  epoch %.2f  loss %.4f  acc %.2f%%  lr %.4g  %.0f img/s  ETA %s',
@@ -390,6 +391,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'num_devices': n_dev,
       'num_processes': jax.process_count(),
       'history': history,
+      'train_log': meta['train_log'],  # [step, mean loss, accuracy] over each log interval
       'config': json.loads(config.to_json()),
   }
   if main_proc:

@@ -1,0 +1,175 @@
+"""The training system end to end: results, real data, TFDS, resume, non-finite stop, bad input."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO, flat_leaves, load_results, load_state, overrides, run_main
+
+from configs import default
+from errors import UserError
+
+FMNIST_DIR = '/usr/share/datasets/fashion-mnist'
+
+
+def test_config_argument_sets_fields_and_rejects_unknown_keys():
+  c = default.get_config('model=simplenet_cifar_5m,batch_size=64,augment.flip=false,'
+                         'optimizer.learning_rate=0.01')
+  assert (c.model.name, c.batch_size, c.augment.flip) == ('simplenet_cifar_5m', 64, False)
+  assert c.optimizer.learning_rate == pytest.approx(0.01)
+  with pytest.raises(UserError, match='unknown config key'):
+    default.get_config('model.nope=1')
+  with pytest.raises(UserError, match='expected a int'):
+    default.get_config('batch_size=big')
+
+
+def test_run_writes_results_config_and_tensorboard(workdir):
+  proc = run_main([f'--workdir={workdir}', *overrides(num_train_steps=24)])
+  r = load_results(workdir)
+  for key in ('num_params', 'test_accuracy', 'train_time_s', 'images_per_sec', 'steps', 'config'):
+    assert key in r, key
+  assert r['steps'] == 24 and r['num_params'] > 0 and r['images_per_sec'] > 0
+  assert r['config']['model']['layers'] == '8,p,16,p,16'
+  losses = [loss for _, loss, _ in r['train_log']]
+  assert losses[-1] < losses[0]  # synthetic classes are learnable
+  assert os.path.exists(os.path.join(workdir, 'config.json'))
+  assert any(f.startswith('events') for f in os.listdir(os.path.join(workdir, 'tensorboard')))
+  assert 'ETA' in proc.stderr and 'img/s' in proc.stderr  # progress lines
+  # Running the same command again is a no-op that returns the same results.
+  run_main([f'--workdir={workdir}', *overrides(num_train_steps=24)])
+  assert load_results(workdir)['train_log'] == r['train_log']
+
+
+@pytest.mark.skipif(not os.path.exists(FMNIST_DIR) and not os.environ.get('CI'),
+                    reason='needs apt-get install dataset-fashion-mnist (make test installs it)')
+def test_real_fashion_mnist_subset_learns(workdir):
+  from train import loop
+  c = default.get_config()
+  c.dataset.train_size, c.dataset.test_size = 4096, 1000
+  c.model.width_multiplier = 0.5
+  c.batch_size, c.num_epochs, c.log_every_steps = 64, 3, 32
+  r = loop.train_and_evaluate(c, workdir)
+  assert r['test_accuracy'] > 0.7, r['history']  # chance is 0.1
+
+
+def test_tfds_path_with_mock_data(workdir):
+  import tensorflow_datasets as tfds
+  from configs import common
+  from train import loop
+  c = default.get_config()
+  common.apply_arg(c, 'dataset=cifar10,dataset.source=tfds,batch_size=16,num_train_steps=3,'
+                      'eval_batch_size=32,model=simplenet')
+  c.model.layers = '8,p,16'
+  with tfds.testing.mock_data(num_examples=64):
+    r = loop.train_and_evaluate(c, workdir)
+  assert r['steps'] == 3 and 0.0 <= r['test_accuracy'] <= 1.0
+  assert r['num_params'] == 3 * 9 * 8 + 8 + 2 * 8 + 8 * 9 * 16 + 16 + 2 * 16 + 16 * 10 + 10
+
+
+def test_kill_and_resume_gives_bitwise_identical_params(tmp_path):
+  args = overrides(num_train_steps=60, checkpoint_every_steps=5, log_every_steps=5,
+                   **{'model.layers': '16,p,32,p,32'})
+  ref, killed = str(tmp_path / 'ref'), str(tmp_path / 'killed')
+  run_main([f'--workdir={ref}', *args])
+
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  proc = subprocess.Popen([sys.executable, 'main.py', '--config=configs/default.py',
+                           f'--workdir={killed}', *args], cwd=REPO, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpts = os.path.join(killed, 'checkpoints')
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.isdir(ckpts) and any(d.isdigit() and int(d) >= 10 for d in os.listdir(ckpts)):
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, 'run finished before it could be killed'
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not os.path.exists(os.path.join(killed, 'results.json'))
+
+  resumed = run_main([f'--workdir={killed}', *args])
+  assert 'Resumed from' in resumed.stderr
+  a, b = flat_leaves(load_state(ref)), flat_leaves(load_state(killed))
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(workdir):
+  # lr x1e30 from epoch 1 on (16 steps/epoch): the loss overflows a few steps later.
+  proc = run_main([f'--workdir={workdir}', *overrides(
+      num_train_steps=40, checkpoint_every_steps=4, log_every_steps=4,
+      **{'schedule.name': 'multistep', 'schedule.milestones': '1', 'schedule.gamma': 1e30,
+         'schedule.warmup_epochs': 0})], check=False)
+  assert proc.returncode == 2
+  line = proc.stderr.strip().splitlines()[-1]
+  assert line.startswith('error: loss became non-finite at step'), line
+  bad_step = int(line.split('at step ')[1].split(';')[0])
+  assert bad_step >= 16
+  assert not os.path.exists(os.path.join(workdir, 'results.json'))
+  state = load_state(workdir)
+  assert int(state['step']) <= bad_step
+  assert all(np.isfinite(v).all() for v in flat_leaves(state['params']).values())
+
+
+def _bad(tmp_path, *args, devices=1):
+  proc = run_main([*args], devices=devices, check=False)
+  err_lines = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
+  return proc, err_lines
+
+
+@pytest.mark.parametrize('args, expected', [
+    (['--config.model.name=resnet9000'], 'unknown model'),
+    (['--config.dataset.name=imagenet9000'], 'unknown dataset'),
+    (['--config.optimizer.name=lion9000'], 'unknown optimizer'),
+    (['--config.model.width_multiplier=0'], 'width_multiplier must be positive'),
+    (['--config.model.depth=-2'], 'depth must be positive'),
+    (['--config.model.widths=8,0,16'], 'width'),
+    (['--config.batch_size=0'], 'batch_size must be positive'),
+    (['--config.model.nonexistent_knob=3'], 'unknown config key'),
+    (['--config=configs/default.py:nonexistent=3'], 'unknown config key'),
+])
+def test_bad_input_fails_fast_with_one_line(tmp_path, args, expected):
+  workdir = str(tmp_path / 'w')
+  proc, errs = _bad(tmp_path, f'--workdir={workdir}', *overrides(), *args)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert len(errs) == 1 and expected in errs[0], proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr
+  assert not os.path.exists(os.path.join(workdir, 'checkpoints'))  # nothing was built
+
+
+def test_batch_not_divisible_by_devices(tmp_path):
+  proc, errs = _bad(tmp_path, f'--workdir={tmp_path}/w', *overrides(batch_size=12), devices=8)
+  assert proc.returncode == 2 and 'not divisible by the 8 devices' in errs[0]
+
+
+def test_unwritable_workdir(tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('x')
+  proc, errs = _bad(tmp_path, f'--workdir={blocker}/sub', *overrides())
+  assert proc.returncode == 2 and 'not writable' in errs[0]
+
+
+def test_missing_data_says_what_to_install(tmp_path):
+  proc, errs = _bad(tmp_path, f'--workdir={tmp_path}/w', *overrides(),
+                    '--config.dataset.name=mnist', f'--config.dataset.data_dir={tmp_path}/empty')
+  assert proc.returncode == 2 and 'dataset mnist not found' in errs[0] and 'tfds' in errs[0]
+  proc, errs = _bad(tmp_path, f'--workdir={tmp_path}/w', *overrides(),
+                    '--config.dataset.name=fashion_mnist', '--config.dataset.source=idx',
+                    f'--config.dataset.idx_dir={tmp_path}/empty')
+  assert proc.returncode == 2 and 'IDX files not found' in errs[0]
+
+
+def test_other_experiment_in_workdir_is_refused_and_kept(workdir):
+  run_main([f'--workdir={workdir}', *overrides()])
+  before = sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
+  results = load_results(workdir)
+  proc, errs = _bad(None, f'--workdir={workdir}', *overrides(**{'model.layers': '8,p,8'}))
+  assert proc.returncode == 2 and 'different config' in errs[0] and 'model.layers' in errs[0]
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == before
+  assert load_results(workdir) == results
