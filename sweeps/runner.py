@@ -1,0 +1,183 @@
+"""One trial's directory and the process that runs it.
+
+  <workdir>/trials/<name>/
+    trial.json    overrides, config flags, params, MACs, layout (written by the launcher)
+    command.sh    the trial's exact command, to rerun it by hand
+    status.json   running | done | failed | interrupted, with the error of a failure
+    log.txt       the trial's output, every attempt appended
+    results.json, checkpoints/, tensorboard/   written by the training run itself
+
+`python -m sweeps.runner TRIAL_DIR` runs one trial; it is what each SLURM array task executes,
+and the local launcher calls `run_trial` from its worker threads. Training is a child process
+(`main.py --workdir=TRIAL_DIR ...`), so a crash, a NaN or an out-of-memory kill of one trial is
+recorded here and never takes the launcher or the other trials down.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAIN = os.path.join(REPO, 'main.py')
+TRIAL, STATUS, LOG, COMMAND, RESULTS = ('trial.json', 'status.json', 'log.txt', 'command.sh',
+                                        'results.json')
+SLURM_VARS = ('SLURM_JOB_ID', 'SLURM_ARRAY_JOB_ID', 'SLURM_ARRAY_TASK_ID', 'SLURMD_NODENAME')
+
+
+def read_json(path: str) -> dict | None:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):  # missing, or caught half-written by a concurrent reader
+    return None
+
+
+def write_json(path: str, obj: Any) -> None:
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2, default=str)
+  os.replace(tmp, path)
+
+
+def command(trial: dict, trial_dir: str) -> list[str]:
+  """The trial's training command: this Python, main.py, its config flags, its workdir."""
+  return [sys.executable, MAIN, *trial['config_args'], f'--workdir={trial_dir}']
+
+
+def write_trial(trial: dict, trial_dir: str) -> None:
+  """Writes trial.json and command.sh (rewritten on every launch: the sweep may have changed
+  a setting every trial shares, such as the number of epochs)."""
+  os.makedirs(trial_dir, exist_ok=True)
+  write_json(os.path.join(trial_dir, TRIAL), trial)
+  cmd = ' \\\n  '.join(shlex.quote(a) for a in command(trial, trial_dir))
+  with open(os.path.join(trial_dir, COMMAND), 'w') as f:
+    f.write(f'#!/bin/sh\n# Trial {trial["name"]}: reruns (or resumes) it by hand.\ncd {shlex.quote(REPO)}\n{cmd}\n')
+  os.chmod(os.path.join(trial_dir, COMMAND), 0o755)
+
+
+def is_finished(trial_dir: str) -> bool:
+  """Finished means results.json exists for exactly this trial's current config; results of
+  a shorter schedule do not count, so a sweep extended with more epochs resumes its trials."""
+  results = read_json(os.path.join(trial_dir, RESULTS))
+  trial = read_json(os.path.join(trial_dir, TRIAL))
+  return bool(results and trial) and results.get('config') == trial.get('config')
+
+
+def state(trial_dir: str) -> str:
+  """done | failed | interrupted | running | pending (never started)."""
+  if is_finished(trial_dir):
+    return 'done'
+  status = read_json(os.path.join(trial_dir, STATUS)) or {}
+  current = status.get('state', 'pending')
+  if current == 'done':  # finished under an older config, since extended or changed
+    return 'pending'
+  if current == 'running' and not _lock_held(trial_dir):
+    return 'interrupted'  # its runner died without a word (node lost, SIGKILL)
+  return current
+
+
+def _lock_held(trial_dir: str) -> bool:
+  try:
+    with open(os.path.join(trial_dir, '.lock'), 'a') as f:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      return False
+  except BlockingIOError:
+    return True
+
+
+def _error_from_log(text: str) -> str:
+  """main.py prints user errors as one `error: ...` line; anything else ends in a traceback
+  whose last line names the exception."""
+  lines = [l.strip() for l in text.splitlines() if l.strip()]
+  for line in reversed(lines):
+    if line.startswith('error: '):
+      return line[len('error: '):]
+  return lines[-1][:500] if lines else 'no output'
+
+
+def run_trial(trial_dir: str) -> str:
+  """Runs (or resumes) the trial in `trial_dir` and records how it ended.
+
+  Returns 'skipped' (already finished), 'busy' (another runner holds it), 'done', 'failed'
+  or 'interrupted'.
+  """
+  trial_dir = os.path.abspath(trial_dir)
+  trial = read_json(os.path.join(trial_dir, TRIAL))
+  if trial is None:
+    raise FileNotFoundError(f'{trial_dir} has no {TRIAL}; the sweep launcher writes it')
+  with open(os.path.join(trial_dir, '.lock'), 'a') as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      return 'busy'
+    if is_finished(trial_dir):
+      return 'skipped'
+    return _run_locked(trial, trial_dir)
+
+
+def _run_locked(trial: dict, trial_dir: str) -> str:
+  started = time.time()
+  where = {k.lower(): os.environ[k] for k in SLURM_VARS if k in os.environ}
+  status = {'state': 'running', 'started': time.strftime('%Y-%m-%d %H:%M:%S'),
+            'host': socket.gethostname(), **where}
+  status_path = os.path.join(trial_dir, STATUS)
+  write_json(status_path, status)
+  cmd = command(trial, trial_dir)
+  log_path = os.path.join(trial_dir, LOG)
+  with open(log_path, 'a') as log:
+    log.write(f'=== {status["started"]} on {status["host"]}: {shlex.join(cmd)}\n')
+    log.flush()
+    start = log.tell()
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    _children.append(proc)
+    code = proc.wait()
+    _children.remove(proc)
+  with open(log_path) as f:
+    f.seek(start)
+    output = f.read()
+  elapsed = round(time.time() - started, 1)
+  if code == 0 and is_finished(trial_dir):
+    final = {'state': 'done'}
+  elif code < 0 or output.rstrip().endswith('KeyboardInterrupt'):
+    final = {'state': 'interrupted', 'error': f'stopped by signal {-code if code < 0 else "SIGINT"}'}
+  else:
+    final = {'state': 'failed', 'error': _error_from_log(output)}
+  write_json(status_path, {**status, **final, 'returncode': code, 'elapsed_s': elapsed})
+  return final['state']
+
+
+# Training children of this process, for _on_term.
+_children: list[subprocess.Popen] = []
+
+
+def _on_term(signum, frame) -> None:
+  """SLURM signals a task at its time limit or on scancel: pass it on to the training child
+  so it stops at once and its status says 'interrupted' (resumable from its checkpoint)."""
+  del frame
+  for proc in _children:
+    if proc.poll() is None:
+      proc.send_signal(signum)
+
+
+def main(argv: list[str]) -> int:
+  """`python -m sweeps.runner TRIAL_DIR`: exit 0 when the trial is done or was already."""
+  if len(argv) != 2:
+    print('usage: python -m sweeps.runner TRIAL_DIR', file=sys.stderr)
+    return 2
+  signal.signal(signal.SIGTERM, _on_term)
+  outcome = run_trial(argv[1])
+  print(f'trial {argv[1]}: {outcome}')
+  return 0 if outcome in ('done', 'skipped', 'busy') else 1
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv))
