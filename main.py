@@ -18,7 +18,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file, optionally with :key=value,... '
                                 'arguments.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard logs and results.')
-flags.DEFINE_enum('mode', 'train', ['train', 'sweep', 'report'], 'What to do.')
+flags.DEFINE_enum('mode', 'train', ['train', 'sweep', 'report', 'summary'], 'What to do.')
 flags.DEFINE_string('coordinator_address', '', 'Multi-process: host:port of process 0 '
                     '(SLURM and TPU pods are detected without it).')
 flags.DEFINE_integer('num_processes', 0, 'Multi-process: number of processes.')
@@ -54,6 +54,10 @@ def run(argv) -> None:
     return
   if FLAGS.config is None:
     raise UserError('--config is required, e.g. --config=configs/default.py')
+  if FLAGS.mode == 'summary':  # per-layer table and summary.json; needs no data files
+    from models import summary
+    summary.summarize(FLAGS.config, FLAGS.workdir)
+    return
   if FLAGS.mode == 'sweep':
     from sweeps import expand, launch
     slurm = launch.Slurm(FLAGS.slurm_partition, FLAGS.slurm_time, FLAGS.slurm_cpus, FLAGS.slurm_gpus,

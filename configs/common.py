@@ -17,26 +17,30 @@ ALIASES = {'model': 'model.name', 'dataset': 'dataset.name', 'optimizer': 'optim
 
 
 def model_config(name: str) -> ml_collections.ConfigDict:
-  """The knobs every model understands (families ignore those that do not apply).
+  """The knobs every model understands (families ignore those that do not apply; each
+  family's docstring in models/ says what its knobs mean).
 
   Empty / None values mean "the named variant's reference value".
   """
   return ml_collections.ConfigDict({
       'name': name,
       'width_multiplier': 1.0,
-      'depth': config_dict.placeholder(int),        # convs (plain nets) or blocks per stage
-      'widths': '',                                  # explicit per-layer widths, '64,128,...'
-      'layers': '',                                  # explicit layout (SimpleNet family)
+      # Depth as the family names it: convs (SimpleNet, SimpNet), weight layers (VGG 11-19,
+      # ResNet 18-152 or 6n+2, DenseNet 121 or 6n+4).
+      'depth': config_dict.placeholder(int),
+      'widths': '',                                  # per-conv (plain nets) or per-stage widths
+      'layers': '',                                  # a layout (plain nets) or blocks per stage
       'one_by_one': 'default',                       # default | none | early | middle | end | '3,7'
       'num_one_by_one': config_dict.placeholder(int),
       'kernel_size': config_dict.placeholder(int),
-      'norm': 'batch',                               # batch | none
-      'activation': 'relu',                          # relu leaky_relu elu gelu sigmoid tanh
+      'norm': '',                                    # batch | none
+      'activation': '',                              # relu leaky_relu elu gelu sigmoid tanh
       'init': '',                                    # he | xavier | xavier_relu | lecun | orthogonal
       'dropout': config_dict.placeholder(float),
       'pool': '',                                    # max | avg | conv (strided conv)
       'global_pool': '',                             # max | avg
       'conv_bias': config_dict.placeholder(bool),
+      'aux_heads': False,                            # GoogLeNet's auxiliary classifiers
   })
 
 

@@ -8,12 +8,15 @@ volumes.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any, Callable
+import math
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from errors import UserError
 
@@ -49,10 +52,14 @@ def _check(kind: str, value: str, choices) -> str:
 
 
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+  """The activation function called `name` ('' means none: a linear layer)."""
+  if not name:
+    return lambda x: x
   return ACTIVATIONS[_check('activation', name, ACTIVATIONS)]
 
 
 def initializer(name: str):
+  """The kernel initializer called `name`."""
   return INITIALIZERS[_check('initializer', name, INITIALIZERS)]
 
 
@@ -91,8 +98,13 @@ class ConvNormAct(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     nd = spatial_ndim(x)
+    padding = self.padding
+    if padding == 'SAME' and self.kernel % 2:
+      # Symmetric, as PyTorch pads: the same sizes as XLA's SAME, but a strided conv then
+      # samples the positions a stride-2 slice (ResNet's option-A shortcut) keeps.
+      padding = self.kernel // 2
     x = nn.Conv(self.features, tuple_nd(self.kernel, nd), strides=tuple_nd(self.stride, nd),
-                padding=self.padding, use_bias=self.use_bias,
+                padding=padding, use_bias=self.use_bias,
                 kernel_init=initializer(self.kernel_init), dtype=self.dtype)(x)
     if self.norm == 'batch':
       x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
@@ -101,11 +113,30 @@ class ConvNormAct(nn.Module):
 
 
 def pool(x: jax.Array, kind: str, window: int = 2, stride: int = 2,
-         padding: str = 'VALID') -> jax.Array:
-  """Max/average pooling over all spatial dims ('conv' pooling is a module: see Downsample)."""
+         padding: str | int = 'VALID', ceil: bool = False) -> jax.Array:
+  """Max/average pooling over all spatial dims ('conv' pooling is a module: see Downsample).
+
+  An int `padding` pads both sides of every spatial dim; `ceil=True` rounds the output size
+  up like PyTorch's ceil_mode (torchvision's GoogLeNet and SqueezeNet depend on it).
+  """
   nd = spatial_ndim(x)
-  fn = nn.max_pool if kind == 'max' else nn.avg_pool
-  return fn(x, tuple_nd(window, nd), strides=tuple_nd(stride, nd), padding=padding)
+  if isinstance(padding, int) or ceil:
+    p = 0 if isinstance(padding, str) else padding
+    pads = []
+    for n in x.shape[1:-1]:
+      size = n + 2 * p
+      out = (size - window) // stride + 1
+      if ceil:
+        out = -(-(size - window) // stride) + 1
+        if (out - 1) * stride >= n + p:  # PyTorch: the last window must start inside the input
+          out -= 1
+      pads.append((p, max(p, (out - 1) * stride + window - n - p)))
+    padding = pads
+  if kind == 'max':
+    return nn.max_pool(x, tuple_nd(window, nd), strides=tuple_nd(stride, nd), padding=padding)
+  # The ceil-mode overhang is not averaged over (PyTorch excludes it from the divisor).
+  return nn.avg_pool(x, tuple_nd(window, nd), strides=tuple_nd(stride, nd), padding=padding,
+                     count_include_pad=not ceil)
 
 
 class Downsample(nn.Module):
@@ -127,5 +158,164 @@ class Downsample(nn.Module):
 
 
 def global_pool(x: jax.Array, kind: str) -> jax.Array:
+  """(N, *spatial, C) -> (N, C) by max or average over every spatial position."""
   axes = tuple(range(1, x.ndim - 1))
   return jnp.max(x, axis=axes) if kind == 'max' else jnp.mean(x, axis=axes)
+
+
+def _adaptive_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """(n_out, n_in) averaging weights of PyTorch's adaptive pooling bins along one axis."""
+  m = np.zeros((n_out, n_in), np.float32)
+  for i in range(n_out):
+    lo, hi = (i * n_in) // n_out, -(-((i + 1) * n_in) // n_out)
+    m[i, lo:hi] = 1.0 / (hi - lo)
+  return m
+
+
+def adaptive_avg_pool(x: jax.Array, size: int) -> jax.Array:
+  """Average pooling to `size` positions along every spatial dim (PyTorch's
+  AdaptiveAvgPool, which AlexNet and VGG put before their classifiers).
+
+  An evenly dividing input is an ordinary average pool (and the identity at 224x224);
+  otherwise each axis is multiplied by its bin-averaging matrix, which also upsamples
+  inputs smaller than `size`, as PyTorch does.
+  """
+  spatial = x.shape[1:-1]
+  if all(n % size == 0 for n in spatial):
+    window = tuple(n // size for n in spatial)
+    return x if all(w == 1 for w in window) else nn.avg_pool(x, window, strides=window)
+  for axis, n in enumerate(spatial, start=1):
+    m = jnp.asarray(_adaptive_matrix(n, size), x.dtype)
+    x = jnp.moveaxis(jnp.tensordot(x, m, axes=((axis,), (1,))), -1, axis)
+  return x
+
+
+@dataclasses.dataclass(frozen=True)
+class Knobs:
+  """The uniform knobs (configs/common.py:model_config) resolved against a family's reference
+  values and validated. Every builder calls `resolve_knobs` and hands the result to its module,
+  which builds layers through the helpers below so that a knob means the same in every family.
+  """
+  norm: str = 'batch'
+  act: str = 'relu'
+  init: str = 'he'
+  pool: str = 'max'
+  global_pool: str = 'avg'
+  dropout: float = 0.0
+  width_multiplier: float = 1.0
+  kernel_size: int | None = None  # None: each layer's reference kernel
+  conv_bias: bool = True
+  depth: int | None = None
+  widths: tuple[int, ...] = ()
+  layers: str = ''  # family-specific: a layout (plain stacks) or blocks per stage
+  one_by_one: str = 'default'
+  num_one_by_one: int | None = None
+  dtype: Any = jnp.float32
+
+  def width(self, w: int) -> int:
+    """A reference width scaled by the width multiplier (rounded, at least 1)."""
+    return max(1, int(round(w * self.width_multiplier)))
+
+  def kernel(self, reference: int) -> int:
+    """The `kernel_size` knob if set, else the layer's reference kernel."""
+    return self.kernel_size or reference
+
+  def conv(self, features: int, kernel: int | None = None, stride: int = 1,
+           padding: Any = 'SAME', act: str | None = None, norm: str | None = None,
+           bias: bool | None = None, **kw) -> 'ConvNormAct':
+    """Conv -> (norm) -> act with this family's knobs; `features` is used as given."""
+    return ConvNormAct(features, kernel=self.kernel(3) if kernel is None else kernel,
+                       stride=stride, padding=padding,
+                       use_bias=self.conv_bias if bias is None else bias,
+                       norm=self.norm if norm is None else norm,
+                       act=self.act if act is None else act, kernel_init=self.init,
+                       dtype=self.dtype, **kw)
+
+  def dense(self, features: int, **kw) -> nn.Dense:
+    return nn.Dense(features, kernel_init=initializer(self.init), dtype=self.dtype, **kw)
+
+  def downsample(self, x: jax.Array, train: bool, window: int = 2, stride: int = 2,
+                 padding: str | int = 'VALID', ceil: bool = False,
+                 kind: str | None = None) -> jax.Array:
+    """Pooling of the `pool` knob's kind ('conv': a learned stride-`stride` conv)."""
+    kind = kind or self.pool
+    if kind == 'conv':
+      return self.conv(x.shape[-1], kernel=3, stride=stride)(x, train)
+    return pool(x, kind, window, stride, padding, ceil)
+
+
+def ints(name: str, text: str) -> tuple[int, ...]:
+  """'3,4,6,3' -> (3, 4, 6, 3), positive ints only (UserError naming the knob otherwise)."""
+  try:
+    values = tuple(int(s) for s in str(text).split(',') if s.strip())
+  except ValueError:
+    raise UserError(f'{name} must be comma-separated integers, got {text!r}') from None
+  if any(v < 1 for v in values):
+    raise UserError(f'every value of {name} must be positive, got {text!r}')
+  return values
+
+
+def resolve_knobs(knobs: dict, dtype: Any = jnp.float32, *, norm: str = 'batch',
+                  act: str = 'relu', init: str = 'he', pool: str | None = 'max',
+                  global_pool: str | None = 'avg', dropout: float = 0.0,
+                  kernel_size: int | None = None,
+                  conv_bias: bool = True, pools: Sequence[str] = POOLS,
+                  one_by_one: Sequence[str] | None = ('default', 'none')) -> Knobs:
+  """Validates the knob dict in Python (bad input fails before anything compiles) and fills
+  empty knobs with the family's reference values given as keyword arguments.
+
+  `pools` and `one_by_one` list the values this family accepts for those knobs
+  (`one_by_one=None`: the family checks it itself). A reference `pool` or `global_pool` of
+  None means the family mixes kinds: the knob stays '' unless the user sets it.
+  """
+  get = lambda key, ref: ref if knobs.get(key) in (None, '') else knobs[key]
+  k = Knobs(norm=get('norm', norm), act=get('activation', act), init=get('init', init),
+            pool=get('pool', pool or ''), global_pool=get('global_pool', global_pool or ''),
+            dropout=float(get('dropout', dropout)),
+            width_multiplier=float(get('width_multiplier', 1.0)),
+            kernel_size=get('kernel_size', kernel_size),
+            conv_bias=bool(get('conv_bias', conv_bias)), depth=knobs.get('depth'),
+            widths=ints('widths', knobs.get('widths') or ''), layers=knobs.get('layers') or '',
+            one_by_one=str(get('one_by_one', 'default')),
+            num_one_by_one=knobs.get('num_one_by_one'), dtype=jnp.dtype(dtype))
+  check_knobs(norm=k.norm, pool=k.pool or 'max', global_pool=k.global_pool or 'max', act=k.act,
+              init=k.init)
+  if k.pool:
+    _check('pool', k.pool, pools)
+  if one_by_one is not None:
+    _check('one_by_one', k.one_by_one, one_by_one)
+  if not 0.0 <= k.dropout < 1.0:
+    raise UserError(f'dropout must be in [0, 1), got {k.dropout}')
+  if k.width_multiplier <= 0:
+    raise UserError(f'width_multiplier must be positive, got {k.width_multiplier}')
+  if k.kernel_size is not None and k.kernel_size < 1:
+    raise UserError(f'kernel_size must be positive, got {k.kernel_size}')
+  if k.depth is not None and k.depth < 1:
+    raise UserError(f'depth must be positive, got {k.depth}')
+  if k.num_one_by_one is not None and k.num_one_by_one < 0:
+    raise UserError(f'num_one_by_one must be >= 0, got {k.num_one_by_one}')
+  return k
+
+
+class MLPHead(nn.Module):
+  """Classifier of AlexNet, ZFNet and VGG: pool to `pool_to` positions per spatial dim
+  (PyTorch's adaptive average pool) or globally, flatten, hidden Dense -> act -> dropout
+  layers, then the logits layer."""
+  k: Knobs
+  num_classes: int
+  hidden: tuple[int, ...] = (4096, 4096)
+  pool_to: int = 7
+  global_pool: str = ''  # '' = adaptive pooling to `pool_to`
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    if self.global_pool:
+      x = global_pool(x, self.global_pool)
+    else:
+      x = adaptive_avg_pool(x, self.pool_to)
+    x = x.reshape(x.shape[0], -1)
+    for h in self.hidden:
+      x = activation(self.k.act)(self.k.dense(h)(x))
+      x = nn.Dropout(self.k.dropout, deterministic=not train)(x)
+    return self.k.dense(self.num_classes)(x).astype(jnp.float32)
+
