@@ -46,13 +46,9 @@ def load_results(workdir) -> dict:
 
 def load_state(workdir, step=None) -> dict:
   """The saved train state of the latest (or given) checkpoint as numpy arrays."""
-  import orbax.checkpoint as ocp
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
-  steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
-  step = steps[-1] if step is None else step
-  restored = ocp.StandardCheckpointer().restore(os.path.join(ckpt_dir, str(step), 'state'))
   import jax
-  return jax.tree_util.tree_map(np.asarray, restored)
+  from train import loop
+  return jax.tree_util.tree_map(np.asarray, loop.load_checkpoint(workdir, step))
 
 
 def flat_leaves(tree) -> dict:

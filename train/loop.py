@@ -222,6 +222,27 @@ def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
 
+def load_checkpoint(workdir: str, step: int | None = None) -> dict:
+  """The saved train state (step, params, batch_stats, opt_state, ...) of the latest or given
+  checkpoint, restored onto this process's first device whatever topology saved it.
+
+  For analysis and probing: `model.apply({'params': s['params'], 'batch_stats':
+  s['batch_stats']}, x, train=False)`.
+  """
+  ckpt_dir = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) if os.path.isdir(ckpt_dir) else []
+  if not steps or (step is not None and step not in steps):
+    raise UserError(f'no checkpoint {"" if step is None else step} in {ckpt_dir}; '
+                    f'available steps: {steps or "none"}')
+  path = os.path.join(ckpt_dir, str(steps[-1] if step is None else step), 'state')
+  checkpointer = ocp.StandardCheckpointer()
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+      checkpointer.metadata(path).item_metadata.tree)
+  return checkpointer.restore(path, target)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains and evaluates `config` in `workdir`, resuming from its latest checkpoint.
 
