@@ -18,7 +18,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file, optionally with :key=value,... '
                                 'arguments.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard logs and results.')
-flags.DEFINE_enum('mode', 'train', ['train', 'sweep', 'report', 'summary'], 'What to do.')
+flags.DEFINE_enum('mode', 'train', ['train', 'sweep', 'report', 'summary', 'benchmark'], 'What to do.')
+flags.DEFINE_integer('benchmark_steps', 30, '--mode=benchmark: timed train steps.')
 flags.DEFINE_string('coordinator_address', '', 'Multi-process: host:port of process 0 '
                     '(SLURM and TPU pods are detected without it).')
 flags.DEFINE_integer('num_processes', 0, 'Multi-process: number of processes.')
@@ -68,6 +69,9 @@ def run(argv) -> None:
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if FLAGS.mode == 'train':
     loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  elif FLAGS.mode == 'benchmark':
+    from train import benchmark
+    benchmark.run(FLAGS.config, FLAGS.workdir, FLAGS.benchmark_steps)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

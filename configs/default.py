@@ -47,6 +47,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'final_lr_fraction': 0.0,  # cosine / linear / onecycle end value, relative to the peak
   })
   c.label_smoothing = 0.1
+  c.ema_decay = 0.0            # > 0: evaluate an exponential moving average of the weights
+  c.eval_flip_tta = False      # evaluate on each test image and its mirror, averaged
 
   c.batch_size = 128
   c.eval_batch_size = 1000

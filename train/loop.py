@@ -49,6 +49,7 @@ class TrainState:
   batch_stats: Any
   opt_state: Any
   nonfinite_step: jax.Array  # -1 while every loss and gradient has been finite
+  ema_params: Any  # exponential moving average of params ({} when config.ema_decay == 0)
 
 
 @flax.struct.dataclass
@@ -76,7 +77,8 @@ def check_workdir(workdir: str) -> None:
                     'write to') from None
 
 
-def validate(config: ml_collections.ConfigDict, workdir: str) -> datasets.DatasetInfo:
+def validate(config: ml_collections.ConfigDict, workdir: str,
+             need_data: bool = True) -> datasets.DatasetInfo:
   """Every check that needs no compilation: run before anything is traced."""
   if not workdir:
     raise UserError('--workdir is required: the directory for checkpoints and results')
@@ -88,6 +90,8 @@ def validate(config: ml_collections.ConfigDict, workdir: str) -> datasets.Datase
     raise UserError('set num_epochs or num_train_steps to a positive value')
   if config.dtype not in DTYPES:
     raise UserError(f'unknown dtype {config.dtype!r}; use float32 or bfloat16')
+  if not 0.0 <= config.ema_decay < 1.0:
+    raise UserError(f'ema_decay must be in [0, 1), got {config.ema_decay}')
   if not 0.0 <= config.label_smoothing < 1.0:
     raise UserError(f'label_smoothing must be in [0, 1), got {config.label_smoothing}')
   if config.augment.crop_padding < 0:
@@ -99,9 +103,11 @@ def validate(config: ml_collections.ConfigDict, workdir: str) -> datasets.Datase
   info = datasets.info(config.dataset)
   models.create(config.model, info.num_classes, DTYPES[config.dtype])  # resolves every knob
   optim.check(config)
-  datasets.resolve_source(config.dataset)  # missing data fails here, with what to install
+  if need_data:
+    datasets.resolve_source(config.dataset)  # missing data fails here, with what to install
   check_workdir(workdir)
-  check_resumable(config, workdir)
+  if need_data:
+    check_resumable(config, workdir)
   return info
 
 
@@ -133,6 +139,22 @@ def check_resumable(config, workdir: str) -> None:
 # ----------------------------------------------------------------------------- steps
 
 
+def create_train_state(model, tx, example_shape, key: jax.Array, sharding,
+                       ema: bool = False) -> TrainState:
+  """Initial state, created directly with the given (replicated) sharding."""
+
+  def init():
+    dummy = jnp.zeros((1, *example_shape), jnp.float32)
+    variables = model.init({'params': key, 'dropout': key}, dummy, train=False)
+    params = variables['params']
+    return TrainState(step=jnp.int32(0), params=params,
+                      batch_stats=variables.get('batch_stats', {}),
+                      opt_state=tx.init(params), nonfinite_step=jnp.int32(-1),
+                      ema_params=params if ema else {})
+
+  return jax.jit(init, out_shardings=sharding)()
+
+
 def make_train_step(model, tx, config, steps_per_epoch: int, mesh, step_key: jax.Array):
   batch = config.batch_size
   rep, shard = distributed.replicated(mesh), distributed.batch_sharded(mesh)
@@ -159,9 +181,13 @@ def make_train_step(model, tx, config, steps_per_epoch: int, mesh, step_key: jax
     params = optax.apply_updates(state.params, updates)
     ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
     keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
+    ema = config.ema_decay
     new_state = state.replace(
         step=state.step + 1,
         params=keep(params, state.params),
+        ema_params=keep(jax.tree_util.tree_map(lambda e, p: ema * e + (1 - ema) * p,
+                                               state.ema_params, params), state.ema_params)
+        if ema else state.ema_params,
         batch_stats=keep(batch_stats, state.batch_stats),
         opt_state=keep(opt_state, state.opt_state),
         nonfinite_step=jnp.where((state.nonfinite_step < 0) & ~ok, state.step,
@@ -173,7 +199,12 @@ def make_train_step(model, tx, config, steps_per_epoch: int, mesh, step_key: jax
   return jax.jit(step, donate_argnums=(0, 1), out_shardings=(rep, rep))
 
 
-def make_eval_step(model, eval_batch: int, mesh):
+def empty_metrics(sharding) -> TrainMetrics:
+  """Zeroed train metrics placed like the step's outputs, so the step compiles only once."""
+  return jax.device_put(TrainMetrics.empty(), sharding)
+
+
+def make_eval_step(model, eval_batch: int, mesh, flip_tta: bool = False):
   rep, shard = distributed.replicated(mesh), distributed.batch_sharded(mesh)
 
   def step(params, batch_stats, images, labels, start, mean, std):
@@ -182,7 +213,10 @@ def make_eval_step(model, eval_batch: int, mesh):
     mask = idx < n
     idx = jax.lax.with_sharding_constraint(jnp.minimum(idx, n - 1), shard)
     x = augment_lib.normalize(images[idx], mean, std)
-    logits = model.apply({'params': params, 'batch_stats': batch_stats}, x, train=False)
+    variables = {'params': params, 'batch_stats': batch_stats}
+    logits = model.apply(variables, x, train=False)
+    if flip_tta:  # average the predictions of the image and its mirror
+      logits = (logits + model.apply(variables, jnp.flip(x, axis=-2), train=False)) / 2
     y = labels[idx]
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     return EvalMetrics.single_from_model_output(loss=loss, logits=logits, labels=y, mask=mask)
@@ -193,8 +227,9 @@ def make_eval_step(model, eval_batch: int, mesh):
 def evaluate(eval_step, state: TrainState, test_images, test_labels, eval_batch: int,
              mean, std) -> dict[str, float]:
   total = None
+  params = state.ema_params if state.ema_params else state.params
   for start in range(0, test_labels.shape[0], eval_batch):
-    m = eval_step(state.params, state.batch_stats, test_images, test_labels,
+    m = eval_step(params, state.batch_stats, test_images, test_labels,
                   jnp.int32(start), mean, std)
     total = m if total is None else total.merge(m)
   return {k: float(v) for k, v in total.compute().items()}
@@ -279,15 +314,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tx = optim.create(config, steps_per_epoch, total_steps)
   init_key, data_key, step_key = jax.random.split(jax.random.key(config.seed), 3)
 
-  def init_state():
-    dummy = jnp.zeros((1, *info.shape), jnp.float32)
-    variables = model.init({'params': init_key, 'dropout': init_key}, dummy, train=False)
-    params = variables['params']
-    return TrainState(step=jnp.int32(0), params=params,
-                      batch_stats=variables.get('batch_stats', {}),
-                      opt_state=tx.init(params), nonfinite_step=jnp.int32(-1))
-
-  state = jax.jit(init_state, out_shardings=rep)()
+  state = create_train_state(model, tx, info.shape, init_key, rep, ema=config.ema_decay > 0)
   n_params = summary.count_params(state.params)
 
   meta = {'history': [], 'train_log': [], 'train_time_s': 0.0, 'train_images': 0, 'train_seconds': 0.0,
@@ -308,7 +335,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  train.labels.shape[0], test.labels.shape[0], steps_per_epoch, total_steps, n_dev)
 
   train_step = make_train_step(model, tx, config, steps_per_epoch, mesh, step_key)
-  eval_step = make_eval_step(model, eval_batch, mesh)
+  eval_step = make_eval_step(model, eval_batch, mesh, config.eval_flip_tta)
   permute = jax.jit(lambda e: jax.random.permutation(jax.random.fold_in(data_key, e),
                                                      train.labels.shape[0]), out_shardings=rep)
   lr_fn = optim.learning_rate_schedule(config, steps_per_epoch, total_steps)
@@ -337,7 +364,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mngr.close()
     with open(results_path) as f:
       return json.load(f)
-  metrics = TrainMetrics.empty()
+  metrics = empty_metrics(rep)
   t_mark, images_since_mark, first = time.time(), 0, True
   last_train: dict[str, float] = {}
   while step < total_steps:
@@ -371,7 +398,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                       'train/accuracy': last_train['accuracy'],
                                       'train/learning_rate': float(lr_fn(step)),
                                       'train/images_per_sec': rate})
-        metrics = TrainMetrics.empty()
+        metrics = empty_metrics(rep)
       if step % ckpt_every == 0 and step != total_steps:
         save(step)
         t_mark = time.time()
