@@ -176,7 +176,7 @@ def _parse_count(value: Any) -> int:
 
 
 def _slug(text: str) -> str:
-  return re.sub(r'[^A-Za-z0-9.+=-]+', '-', text).strip('-') or 'x'
+  return re.sub(r'[^A-Za-z0-9._+=-]+', '-', text).strip('-') or 'x'
 
 
 def _varying(specs: Sequence[dict[str, str]]) -> list[str]:

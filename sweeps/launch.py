@@ -12,6 +12,7 @@ import dataclasses
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -34,7 +35,6 @@ class Slurm:
   mem: str = ''           # e.g. '16G'
   args: str = ''          # anything else for sbatch, e.g. '--account=x --qos=y'
   wait: bool = True       # wait for the array to finish, then summarize
-  poll_seconds: float = 10.0
 
   def sbatch_lines(self) -> list[str]:
     lines = [f'--partition={self.partition}' if self.partition else '',
@@ -114,7 +114,7 @@ def run_sweep(config_args: Sequence[str], workdir: str, sweep_flags: Sequence[st
       print(f'Submitted SLURM job {job} ({len(todo)} trials). Rerun this command to wait for and '
             f'summarize it, or: python main.py --mode=report --workdir={workdir}')
       return 0
-    wait_slurm(job, todo, slurm.poll_seconds)
+    wait_slurm(job, todo)
     outcome.update({d: runner.state(d) for d in todo})
   return summarize(workdir, dirs, outcome)
 
@@ -142,11 +142,23 @@ def summarize(workdir: str, dirs: Sequence[str], outcome: dict[str, str]) -> int
 
 
 def run_local(dirs: Sequence[str], parallel: int) -> dict[str, str]:
-  """Runs the trials `parallel` at a time, each in its own training process."""
-  lock, finished = threading.Lock(), [0]
+  """Runs the trials `parallel` at a time, each in its own training process.
+
+  SIGTERM (a batch system stopping the sweep, `kill`) stops the running trials too, so none
+  is left training unsupervised; they resume on the next run.
+  """
+  lock, finished, stopping = threading.Lock(), [0], threading.Event()
+
+  def on_term(signum, frame) -> None:
+    stopping.set()
+    runner.forward_signal(signum, frame)
+
+  previous = signal.signal(signal.SIGTERM, on_term)
 
   def one(d: str) -> str:
     name = os.path.basename(d)
+    if stopping.is_set():
+      return 'pending'
     with lock:
       print(f'start  {name}  (log: {os.path.join(d, runner.LOG)})', flush=True)
     outcome = runner.run_trial(d)
@@ -160,8 +172,11 @@ def run_local(dirs: Sequence[str], parallel: int) -> dict[str, str]:
       print(f'[{finished[0]}/{len(dirs)}] {outcome:<11} {name}  {detail}', flush=True)
     return outcome
 
-  with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
-    return dict(zip(dirs, pool.map(one, dirs)))
+  try:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
+      return dict(zip(dirs, pool.map(one, dirs)))
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 # ----------------------------------------------------------------------------- SLURM
@@ -204,19 +219,25 @@ def submit_slurm(dirs: Sequence[str], workdir: str, parallel: int, slurm: Slurm)
   return job
 
 
-def wait_slurm(job: str, dirs: Sequence[str], poll_seconds: float) -> None:
-  """Polls squeue until no task of `job` is pending or running, printing progress."""
-  last = None
+def wait_slurm(job: str, dirs: Sequence[str], max_poll_seconds: float = 30.0) -> None:
+  """Polls squeue until no task of `job` is left, printing progress; the interval grows from
+  one second so short trials end promptly and long ones do not load the controller."""
+  last, poll_seconds = None, 1.0
   while True:
     proc = subprocess.run(['squeue', '--noheader', '--array', '--jobs', job, '--format=%T'],
                           capture_output=True, text=True)
-    tasks = proc.stdout.split() if proc.returncode == 0 else []
+    if proc.returncode != 0 and 'Invalid job id' not in proc.stderr:
+      print(f'squeue failed, retrying: {proc.stderr.strip()}', flush=True)  # controller busy
+      time.sleep(poll_seconds)
+      continue
+    tasks = proc.stdout.split() if proc.returncode == 0 else []  # invalid id: purged, finished
     states = [runner.state(d) for d in dirs]
     progress = (f'{states.count("done")} done, {states.count("failed")} failed, '
                 f'{tasks.count("RUNNING")} running, {tasks.count("PENDING")} pending')
     if progress != last:
       print(f'job {job}: {progress}', flush=True)
       last = progress
-    if not tasks:  # all tasks left the queue (squeue errors once the job is purged too)
+    if not tasks:
       return
     time.sleep(poll_seconds)
+    poll_seconds = min(max_poll_seconds, poll_seconds * 1.5)

@@ -155,15 +155,16 @@ def _run_locked(trial: dict, trial_dir: str) -> str:
   return final['state']
 
 
-# Training children of this process, for _on_term.
+# Training children of this process, for forward_signal.
 _children: list[subprocess.Popen] = []
 
 
-def _on_term(signum, frame) -> None:
-  """SLURM signals a task at its time limit or on scancel: pass it on to the training child
-  so it stops at once and its status says 'interrupted' (resumable from its checkpoint)."""
+def forward_signal(signum, frame) -> None:
+  """SIGTERM handler: pass the signal on to the training children, so they stop at once and
+  their status says 'interrupted' (resumable from the last checkpoint). SLURM sends it at a
+  task's time limit and on scancel."""
   del frame
-  for proc in _children:
+  for proc in list(_children):
     if proc.poll() is None:
       proc.send_signal(signum)
 
@@ -173,7 +174,7 @@ def main(argv: list[str]) -> int:
   if len(argv) != 2:
     print('usage: python -m sweeps.runner TRIAL_DIR', file=sys.stderr)
     return 2
-  signal.signal(signal.SIGTERM, _on_term)
+  signal.signal(signal.SIGTERM, forward_signal)
   outcome = run_trial(argv[1])
   print(f'trial {argv[1]}: {outcome}')
   return 0 if outcome in ('done', 'skipped', 'busy') else 1

@@ -1,0 +1,220 @@
+"""Sweeps: declaring and expanding trials, budget solving, and a local sweep end to end."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, overrides
+
+from errors import UserError
+from sweeps import axis, budget, declare, expand, launch, product, report, runner, zipped
+
+DEFAULT = os.path.join(REPO, 'configs', 'default.py')
+TINY_ARGS = [f'--config={DEFAULT}', *overrides(num_train_steps=3)]
+
+# Two trials that train and one that fails at run time (its batch exceeds the 256 examples).
+SWEEP_FILE = '''
+from configs import default
+from sweeps import axis, product
+
+def get_config(arg=None):
+  return default.get_config(arg)
+
+def get_sweep():
+  return [{'model.width_multiplier': 0.5}, {'model.width_multiplier': 1.0},
+          {'sweep.name': 'too_big', 'batch_size': 1024}]
+'''
+
+
+def sweep(args, timeout=240):
+  """`main.py --mode=sweep` (or report) as a user runs it."""
+  return subprocess.run([sys.executable, 'main.py', *args], cwd=REPO, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+# ----------------------------------------------------------------------------- declaring
+
+
+def test_product_zip_and_axis_build_override_dicts():
+  trials = product(axis('model.depth', [8, 10]), axis('seed', [0, 1, 2]))
+  assert len(trials) == 6 and trials[0] == {'model.depth': 8, 'seed': 0}
+  assert trials[-1] == {'model.depth': 10, 'seed': 2}  # the last factor varies fastest
+  pairs = zipped(axis('sweep.name', ['a', 'b']), axis('model.layers', ['8,p,8', '16,p,16']))
+  assert pairs == [{'sweep.name': 'a', 'model.layers': '8,p,8'},
+                   {'sweep.name': 'b', 'model.layers': '16,p,16'}]
+  assert product(pairs, budget(1000))[1]['sweep.budget_params'] == 1000
+  with pytest.raises(UserError, match='different lengths'):
+    zipped(axis('seed', [0, 1]), axis('model.depth', [8]))
+  with pytest.raises(UserError, match="key 'seed' is set by two"):
+    product(axis('seed', [0]), axis('seed', [1]))
+
+
+def test_sweep_flags_form_a_product():
+  trials = declare.from_flags(['model.width_multiplier=0.5,1,2', 'seed=0,1'])
+  assert len(trials) == 6 and trials[1] == {'model.width_multiplier': '0.5', 'seed': '1'}
+  layouts = declare.parse_flag('model.layers=8,p,16;16,p,32')  # ';' when values hold commas
+  assert [t['model.layers'] for t in layouts] == ['8,p,16', '16,p,32']
+  for bad in ('seed', 'seed=', '=1,2', 'seed=0,,1'):
+    with pytest.raises(UserError, match='--sweep'):
+      declare.parse_flag(bad)
+
+
+def test_expand_combines_file_and_flags_into_named_configured_trials(tmp_path):
+  path = tmp_path / 'sweep.py'
+  path.write_text(SWEEP_FILE)
+  args = [f'--config={path}', *overrides(num_train_steps=3)]
+  trials = expand.expand(args, ['seed=0,1'])
+  assert [t.name for t in trials] == [
+      'width_multiplier=0.5_seed=0', 'width_multiplier=0.5_seed=1',
+      'width_multiplier=1.0_seed=0', 'width_multiplier=1.0_seed=1',
+      'too_big_seed=0', 'too_big_seed=1']
+  t = trials[1]
+  assert t.overrides == {'model.width_multiplier': '0.5', 'seed': '1'}
+  assert t.config['seed'] == 1 and t.config['model']['width_multiplier'] == 0.5
+  assert t.config['num_train_steps'] == 3  # the sweep command's own --config.* flags
+  assert t.layout == '4,p,8,p,8' and t.depth == 3 and t.params > 0 and t.macs > 0
+  with pytest.raises(UserError, match="unknown config key 'model.nope'"):
+    expand.expand(TINY_ARGS, ['model.nope=1,2'])
+  with pytest.raises(UserError, match='seed=x.*int'):
+    expand.expand(TINY_ARGS, ['seed=0,x'])
+  with pytest.raises(UserError, match='nothing to sweep'):
+    expand.expand(TINY_ARGS, [])
+  with pytest.raises(UserError, match='several trials are named'):
+    expand.expand(TINY_ARGS, ['seed=1,1'])
+
+
+@pytest.mark.parametrize('placement', ['none', 'early', 'end'])
+@pytest.mark.parametrize('depth', [4, 6])
+def test_budget_solving_hits_the_target_within_tolerance(depth, placement):
+  args = [f'--config={DEFAULT}', *overrides(num_train_steps=3, model__layers='16,16,p,32,32,p,64',
+                                            model__one_by_one=placement, model__num_one_by_one=1)]
+  (trial,) = expand.expand(args, [f'model.depth={depth}', 'sweep.budget_params=20K'])
+  assert abs(trial.params - 20_000) <= 0.02 * 20_000
+  assert trial.depth == depth and trial.budget == 20_000
+  assert (trial.layout.count('k1') == 1) == (placement != 'none')
+  multiplier = float(trial.solved['model.width_multiplier'])
+  assert trial.config['model']['width_multiplier'] == multiplier
+  # The count the trial will train with, measured independently of the solver.
+  from models import summary
+  import models
+  model = models.create(expand.load_config(trial.config_args).model, 10)
+  assert summary.params_and_macs(model, (16, 16, 3))[0] == trial.params
+
+
+def test_budget_errors_say_what_to_do():
+  with pytest.raises(UserError, match='cannot reach 1,000 parameters within 0.1%.*nearest'):
+    expand.expand(TINY_ARGS, ['seed=0', 'sweep.budget_params=1000', 'sweep.budget_tolerance=0.001'])
+  with pytest.raises(UserError, match='both swept and solved'):
+    expand.expand(TINY_ARGS, ['model.width_multiplier=1', 'sweep.budget_params=20000'])
+  with pytest.raises(UserError, match='unknown sweep directive'):
+    expand.expand(TINY_ARGS, ['sweep.budget=1'])
+
+
+def study(name):
+  return [f'--config={os.path.join(REPO, "configs", "sweeps", name)}']
+
+
+@pytest.mark.parametrize('name,target', [('depth_budget.py', 300_000),
+                                         ('one_by_one_budget.py', 128_000)])
+def test_shipped_budget_studies_hit_their_budget(name, target):
+  trials = expand.expand(study(name))
+  assert len(trials) == 4
+  assert all(abs(t.params - target) <= 0.02 * target for t in trials), [t.params for t in trials]
+  if name == 'depth_budget.py':
+    assert [t.depth for t in trials] == [8, 9, 10, 13]
+  else:
+    assert [t.layout.count('k1') for t in trials] == [0, 2, 2, 2] and {t.depth for t in trials} == {13}
+
+
+def test_shipped_width_study_is_a_product():
+  specs = expand.specs_for(study('width.py'), [])
+  assert len(specs) == 8 and {s['model.width_multiplier'] for s in specs} == {0.25, 0.5, 1.0, 2.0}
+
+
+def test_dry_run_prints_every_trial_and_trains_nothing(tmp_path):
+  proc = sweep(['--mode=sweep', *TINY_ARGS, f'--workdir={tmp_path}/w', '--dry_run',
+                '--sweep=model.depth=2,3', '--sweep=sweep.budget_params=20000'])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = proc.stdout.splitlines()
+  assert 'Sweep of 2 trials' in lines[0] and 'params' in lines[1] and 'MACs' in lines[1]
+  assert 'depth=2' in proc.stdout and 'model.width_multiplier=' in proc.stdout
+  assert 'solved for 20,000 params' in proc.stdout
+  assert not os.path.exists(tmp_path / 'w')
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def read_csv(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def test_local_sweep_end_to_end_skips_finished_and_reports_failures(tmp_path):
+  path = tmp_path / 'sweep.py'
+  path.write_text(SWEEP_FILE)
+  work = str(tmp_path / 'sweep')
+  args = ['--mode=sweep', f'--config={path}', *overrides(num_train_steps=3),
+          f'--workdir={work}', '--parallel=2']
+  first = sweep(args)
+  assert first.returncode == 1, first.stderr[-3000:]  # a trial failed; the others finished
+  assert 'Summary: 2 done, 1 failed, 0 skipped (3 trials)' in first.stdout, first.stdout
+  assert 'batch_size 1024 is larger than the 256 training examples' in first.stdout
+
+  rows = {r['trial']: r for r in read_csv(os.path.join(work, 'results.csv'))}
+  assert set(rows) == {'width_multiplier=0.5', 'width_multiplier=1.0', 'too_big'}
+  assert rows['too_big']['status'] == 'failed' and 'larger than' in rows['too_big']['error']
+  for name in ('width_multiplier=0.5', 'width_multiplier=1.0'):
+    r = rows[name]
+    assert r['status'] == 'done' and float(r['test_accuracy']) >= 0 and int(r['params']) > 0
+    assert r['model.width_multiplier'] == name.split('=')[1] and r['steps'] == '3'
+    trial_dir = os.path.join(work, 'trials', name)
+    assert os.path.exists(os.path.join(trial_dir, 'results.json'))
+    assert f'--workdir={trial_dir}' in open(os.path.join(trial_dir, 'command.sh')).read()
+  assert rows['width_multiplier=0.5']['params'] < rows['width_multiplier=1.0']['params']
+  md = open(os.path.join(work, 'results.md')).read()
+  assert md.count('| done |') == 2 and '## Not finished' in md and '`too_big`: failed' in md
+  for plot in report.PLOTS:
+    with open(os.path.join(work, plot), 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+  # The same command again: finished trials are skipped, only the failed one runs again.
+  second = sweep(args)
+  assert 'Summary: 0 done, 1 failed, 2 skipped (3 trials)' in second.stdout, second.stdout
+  assert 'start  width_multiplier' not in second.stdout
+
+  # A longer schedule: finished trials no longer count as finished and resume from their
+  # checkpoints (step 3) instead of starting over.
+  longer = sweep([a.replace('num_train_steps=3', 'num_train_steps=5') for a in args])
+  assert 'Summary: 2 done, 1 failed, 0 skipped (3 trials)' in longer.stdout, longer.stdout
+  log = open(os.path.join(work, 'trials', 'width_multiplier=0.5', 'log.txt')).read()
+  assert 'Resumed from' in log and 'at step 3' in log
+  assert runner.read_json(os.path.join(work, 'trials', 'width_multiplier=0.5', 'results.json'))['steps'] == 5
+
+
+def test_report_lists_unfinished_trials_and_needs_a_sweep(tmp_path):
+  work = tmp_path / 'w'
+  (trial,) = expand.expand(TINY_ARGS, ['seed=3'])
+  runner.write_trial(trial.to_json(), str(work / 'trials' / trial.name))  # never started
+  proc = sweep(['--mode=report', f'--workdir={work}'])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert '1 trials (1 pending)' in proc.stdout
+  (row,) = read_csv(work / 'results.csv')
+  assert row['status'] == 'pending' and row['trial'] == 'seed=3'
+  assert '`seed=3`: pending' in (work / 'results.md').read_text()
+  assert all((work / p).exists() for p in report.PLOTS)
+  missing = sweep(['--mode=report', f'--workdir={tmp_path}/none'])
+  assert missing.returncode == 2 and missing.stderr.strip().splitlines()[-1].startswith('error: ')
+
+
+def test_slurm_script_runs_one_trial_per_task():
+  res = launch.Slurm(partition='gpu', time='01:00:00', cpus=4, gpus=2, mem='8G')
+  script = launch.array_script(['/w/trials/a', '/w/trials/b c'], '/w', 0, res)
+  assert '#SBATCH --array=0-1\n' in script
+  for line in ('--partition=gpu', '--time=01:00:00', '--cpus-per-task=4', '--gres=gpu:2', '--mem=8G'):
+    assert f'#SBATCH {line}\n' in script
+  assert "'/w/trials/b c'" in script and '-m sweeps.runner "${TRIALS[$SLURM_ARRAY_TASK_ID]}"' in script
+  assert '#SBATCH --array=0-1%3' in launch.array_script(['a', 'b'], '/w', 3, launch.Slurm())
