@@ -1,0 +1,43 @@
+"""Benchmark mode and the speed options: they must report sane numbers and stay correct."""
+
+import json
+import os
+
+import numpy as np
+
+from conftest import load_results, overrides, run_main
+
+
+def test_benchmark_mode_writes_benchmark_json(tmp_path):
+  workdir = str(tmp_path / 'b')
+  run_main([f'--workdir={workdir}', '--mode=benchmark', '--benchmark_steps=3', *overrides()])
+  with open(os.path.join(workdir, 'benchmark.json')) as f:
+    b = json.load(f)
+  for key in ('images_per_sec', 'step_time_ms', 'flops_per_step', 'achieved_gflops_per_sec',
+              'peak_gflops_per_sec', 'fraction_of_peak', 'compile_time_s', 'input_wait_fraction'):
+    assert key in b, key
+  assert b['images_per_sec'] > 0 and b['flops_per_step'] > 0 and b['peak_gflops_per_sec'] > 0
+  assert 0 < b['fraction_of_peak'] < 1.5
+  assert abs(b['fraction_of_peak'] - b['achieved_gflops_per_sec'] / b['peak_gflops_per_sec']) < 1e-3
+  assert 0 <= b['input_wait_fraction'] < 0.5
+  assert not os.path.exists(os.path.join(workdir, 'checkpoints'))  # benchmarking trains nothing
+
+
+def test_bfloat16_compute_tracks_float32_losses(tmp_path):
+  f32, bf16 = str(tmp_path / 'f32'), str(tmp_path / 'bf16')
+  run_main([f'--workdir={f32}', *overrides(num_train_steps=10)])
+  run_main([f'--workdir={bf16}', *overrides(num_train_steps=10, dtype='bfloat16')])
+  a = np.array([l for _, l, _ in load_results(f32)['train_log']])
+  b = np.array([l for _, l, _ in load_results(bf16)['train_log']])
+  np.testing.assert_allclose(b, a, rtol=0.05)  # bf16 has an 8-bit mantissa
+  assert not np.array_equal(a, b)  # the option really changes the compute dtype
+
+
+def test_ema_and_flip_tta_change_only_evaluation(tmp_path):
+  plain, ema = str(tmp_path / 'plain'), str(tmp_path / 'ema')
+  run_main([f'--workdir={plain}', *overrides(num_train_steps=10)])
+  run_main([f'--workdir={ema}', *overrides(num_train_steps=10, ema_decay=0.5,
+                                           eval_flip_tta=True)])
+  p, e = load_results(plain), load_results(ema)
+  assert p['train_log'] == e['train_log']  # training itself is untouched
+  assert p['test_loss'] != e['test_loss']
