@@ -84,7 +84,8 @@ def slurm_from_file(config_args: Sequence[str], flags_given: Slurm) -> Slurm:
 def run_sweep(config_args: Sequence[str], workdir: str, sweep_flags: Sequence[str] = (),
               dry_run: bool = False, launcher: str = 'local', parallel: int = 1,
               slurm: Slurm | None = None) -> int:
-  """The whole `--mode=sweep` command; returns the exit code (1 when a trial failed)."""
+  """The whole `--mode=sweep` command; returns the exit code: 0 when every trial has
+  finished, 1 when one failed or is unfinished (interrupted, still queued)."""
   if not workdir and not dry_run:
     raise UserError('--workdir is required: the sweep directory (one sub-directory per trial)')
   if parallel < 0 or (parallel == 0 and launcher == 'local'):
@@ -109,12 +110,19 @@ def run_sweep(config_args: Sequence[str], workdir: str, sweep_flags: Sequence[st
   if todo and launcher == 'local':
     outcome.update(run_local(todo, parallel))
   elif todo:
-    job = submit_slurm(todo, workdir, parallel, slurm)
+    # Trials still queued or running from an earlier submission are waited for, not resubmitted.
+    queued = queued_in_slurm(todo)
+    jobs = sorted(set(queued.values()))
+    submit = [d for d in todo if d not in queued]
+    if queued:
+      print(f'{len(queued)} trials are still in SLURM job(s) {", ".join(jobs)}; waiting for them')
+    if submit:
+      jobs.append(submit_slurm(submit, workdir, parallel, slurm))
     if not slurm.wait:
-      print(f'Submitted SLURM job {job} ({len(todo)} trials). Rerun this command to wait for and '
-            f'summarize it, or: python main.py --mode=report --workdir={workdir}')
+      print(f'Not waiting (--noslurm_wait). Rerun this command to wait and summarize, or run '
+            f'python main.py --mode=report --workdir={workdir}')
       return 0
-    wait_slurm(job, todo)
+    wait_slurm(jobs, todo)
     outcome.update({d: runner.state(d) for d in todo})
   return summarize(workdir, dirs, outcome)
 
@@ -124,7 +132,7 @@ def summarize(workdir: str, dirs: Sequence[str], outcome: dict[str, str]) -> int
   counts: dict[str, int] = {}
   for d in dirs:
     counts[outcome[d]] = counts.get(outcome[d], 0) + 1
-  order = ['done', 'failed', 'skipped', 'interrupted', 'busy', 'running', 'pending']
+  order = ['done', 'failed', 'skipped', 'interrupted', 'busy', 'queued', 'running', 'pending']
   print('\nSummary: ' + ', '.join(f'{counts.get(k, 0)} {k}' for k in order[:3]) +
         ''.join(f', {counts[k]} {k}' for k in order[3:] if counts.get(k)) +
         f' ({len(dirs)} trials)')
@@ -135,7 +143,7 @@ def summarize(workdir: str, dirs: Sequence[str], outcome: dict[str, str]) -> int
             f'(log: {os.path.join(d, runner.LOG)})')
   paths = report.write_report(workdir)
   print(f'Report: {paths["md"]} (plots: {", ".join(os.path.basename(p) for p in paths["plots"])})')
-  return 1 if counts.get('failed') else 0
+  return 0 if counts.get('done', 0) + counts.get('skipped', 0) == len(dirs) else 1
 
 
 # ----------------------------------------------------------------------------- local
@@ -216,26 +224,50 @@ def submit_slurm(dirs: Sequence[str], workdir: str, parallel: int, slurm: Slurm)
                     f'script: {script}')
   job = proc.stdout.strip().split(';')[0]
   print(f'Submitted SLURM job array {job}: {len(dirs)} trials (script {script})', flush=True)
+  for task, d in enumerate(dirs):  # so a rerun of the sweep finds them in the queue
+    runner.write_json(os.path.join(d, runner.STATUS), {
+        'state': 'queued', 'slurm_array_job_id': job, 'slurm_array_task_id': str(task)})
   return job
 
 
-def wait_slurm(job: str, dirs: Sequence[str], max_poll_seconds: float = 30.0) -> None:
-  """Polls squeue until no task of `job` is left, printing progress; the interval grows from
+def _squeue(jobs: Sequence[str], fmt: str) -> list[str] | None:
+  """squeue's lines for `jobs` (one per array task); [] once they left the queue, None when
+  the controller did not answer."""
+  proc = subprocess.run(['squeue', '--noheader', '--array', f'--jobs={",".join(jobs)}',
+                         f'--format={fmt}'], capture_output=True, text=True)
+  if proc.returncode != 0:
+    return [] if 'Invalid job id' in proc.stderr else None  # invalid: purged after finishing
+  return proc.stdout.split()
+
+
+def queued_in_slurm(dirs: Sequence[str]) -> dict[str, str]:
+  """{trial dir: array job id} for trials whose earlier submission is still in the queue."""
+  jobs = {}
+  for d in dirs:
+    status = runner.read_json(os.path.join(d, runner.STATUS)) or {}
+    if status.get('state') in ('queued', 'running') and status.get('slurm_array_job_id'):
+      jobs[d] = status['slurm_array_job_id']
+  if not jobs or shutil.which('squeue') is None:
+    return {}
+  active = set(_squeue(sorted(set(jobs.values())), '%F') or [])
+  return {d: job for d, job in jobs.items() if job in active}
+
+
+def wait_slurm(jobs: Sequence[str], dirs: Sequence[str], max_poll_seconds: float = 30.0) -> None:
+  """Polls squeue until no task of `jobs` is left, printing progress; the interval grows from
   one second so short trials end promptly and long ones do not load the controller."""
   last, poll_seconds = None, 1.0
   while True:
-    proc = subprocess.run(['squeue', '--noheader', '--array', '--jobs', job, '--format=%T'],
-                          capture_output=True, text=True)
-    if proc.returncode != 0 and 'Invalid job id' not in proc.stderr:
-      print(f'squeue failed, retrying: {proc.stderr.strip()}', flush=True)  # controller busy
+    tasks = _squeue(jobs, '%T')
+    if tasks is None:
+      print('squeue did not answer; retrying', flush=True)  # controller restarting or busy
       time.sleep(poll_seconds)
       continue
-    tasks = proc.stdout.split() if proc.returncode == 0 else []  # invalid id: purged, finished
     states = [runner.state(d) for d in dirs]
     progress = (f'{states.count("done")} done, {states.count("failed")} failed, '
                 f'{tasks.count("RUNNING")} running, {tasks.count("PENDING")} pending')
     if progress != last:
-      print(f'job {job}: {progress}', flush=True)
+      print(f'SLURM job {",".join(jobs)}: {progress}', flush=True)
       last = progress
     if not tasks:
       return

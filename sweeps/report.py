@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from typing import Any, Callable, Sequence
 
 from errors import UserError
@@ -98,15 +99,18 @@ def _pct(x: float | None) -> str:
 def markdown(rows: Sequence[dict], title: str) -> str:
   """The results table, then the trials that did not finish, then the plots."""
   keys = _override_keys(rows)
-  head = ['trial', *keys, 'params', 'MACs', 'depth', 'train time', 'final acc %', 'best acc %',
-          'status']
+  solved = any(r['budget'] for r in rows)  # show the width each budget was solved to
+  head = ['trial', *keys, *(['width x (solved)'] if solved else []), 'params', 'MACs', 'depth',
+          'train time', 'final acc %', 'best acc %', 'status']
   lines = [f'# {title}', '', f'{sum(r["status"] == "done" for r in rows)} of {len(rows)} '
            'trials finished.', '', '| ' + ' | '.join(head) + ' |',
            '|' + '|'.join('---:' if h in ('params', 'MACs', 'depth') or 'acc' in h else '---'
                           for h in head) + '|']
   for r in rows:
     time_s = f'{r["train_time_s"] / 60:.1f} min' if r['train_time_s'] else '-'
-    cells = [r['trial'], *[r['overrides'].get(k, '') for k in keys], f'{r["params"]:,}',
+    cells = [r['trial'], *[r['overrides'].get(k, '') for k in keys],
+             *([f'{r["width_multiplier"]:g}' if r['budget'] else ''] if solved else []),
+             f'{r["params"]:,}',
              f'{r["macs"] / 1e6:.1f}M', str(r['depth'] if r['depth'] is not None else '-'), time_s,
              _pct(r['test_accuracy']), _pct(r['best_test_accuracy']), r['status']]
     lines.append('| ' + ' | '.join(c.replace('|', '\\|') for c in cells) + ' |')
@@ -133,13 +137,26 @@ def _series(rows: Sequence[dict], x_of: Callable[[dict], Any],
   return {s: [(x, sum(v) / len(v), v) for x, v in sorted(pts.items())] for s, pts in cells.items()}
 
 
-def _plot_lines(ax, data, xlabel: str) -> None:
-  for label, pts in sorted(data.items()):
+def _natural(label: str) -> list:
+  """Sort key that orders 'depth 8' before 'depth 10'."""
+  return [int(p) if p.isdigit() else p for p in re.split(r'(\d+)', label)]
+
+
+def _plot_lines(ax, data, xlabel: str, names: dict | None = None) -> None:
+  """One line per series; with `names` ({(series, x): label}) the points are labelled and,
+  where x barely varies (a parameter budget), not joined: such a line would mean nothing."""
+  for label in sorted(data, key=_natural):
+    pts = data[label]
     xs = [p[0] for p in pts]
-    line, = ax.plot(xs, [p[1] for p in pts], marker='o', label=label)
-    for x, _, values in pts:  # individual seeds, faint, around the mean
-      if len(values) > 1:
+    joined = names is None or max(xs) > 1.1 * min(xs)
+    line, = ax.plot(xs, [p[1] for p in pts], marker='o', label=label,
+                    linestyle='-' if joined else 'none')
+    for x, mean, values in pts:
+      if len(values) > 1:  # individual seeds, faint, around the mean
         ax.scatter([x] * len(values), values, color=line.get_color(), alpha=0.3, s=12)
+      if names:
+        ax.annotate(names.get((label, x), ''), (x, mean), fontsize=7, xytext=(4, 4),
+                    textcoords='offset points')
   ax.set_xlabel(xlabel)
   ax.set_ylabel('final test accuracy (%)')
   ax.grid(alpha=0.3)
@@ -149,8 +166,10 @@ def _plot_lines(ax, data, xlabel: str) -> None:
     ax.text(0.5, 0.5, 'no finished trials yet', ha='center', transform=ax.transAxes)
 
 
-def _varies(rows: Sequence[dict], key: str) -> bool:
-  return len({r[key] for r in rows}) > 1
+def _swept(rows: Sequence[dict], key: str) -> bool:
+  """True when the sweep itself varies `key` (a derived difference, like the 1x1s a depth
+  study's layouts happen to have, does not split a plot's lines)."""
+  return len({r['overrides'].get(key) for r in rows}) > 1
 
 
 def write_plots(rows: Sequence[dict], workdir: str, title: str) -> list[str]:
@@ -159,8 +178,11 @@ def write_plots(rows: Sequence[dict], workdir: str, title: str) -> list[str]:
   from matplotlib import pyplot as plt
 
   paths = [os.path.join(workdir, p) for p in PLOTS]
+  with_1x1 = _swept(rows, 'model.one_by_one')
+  placement_of = lambda r: r['one_by_one'] if with_1x1 else 'all trials'
+  names = {(placement_of(r), r['params']): r['trial'] for r in rows}
   fig, ax = plt.subplots(figsize=(6, 4))
-  _plot_lines(ax, _series(rows, lambda r: r['params'], lambda r: r['one_by_one']), 'parameters')
+  _plot_lines(ax, _series(rows, lambda r: r['params'], placement_of), 'parameters', names)
   if len({r['params'] for r in rows}) > 1 and max(r['params'] for r in rows) > 4 * min(r['params'] for r in rows):
     ax.set_xscale('log')
   ax.set_title(f'{title}: accuracy vs parameters', fontsize=10)
@@ -168,7 +190,6 @@ def write_plots(rows: Sequence[dict], workdir: str, title: str) -> list[str]:
   fig.savefig(paths[0], dpi=110)
   plt.close(fig)
 
-  with_1x1 = _varies(rows, 'one_by_one')
   fig, ax = plt.subplots(figsize=(6, 4))
   _plot_lines(ax, _series(rows, lambda r: r['depth'],
                           lambda r: r['width'] + (f', 1x1 {r["one_by_one"]}' if with_1x1 else '')),
@@ -178,14 +199,15 @@ def write_plots(rows: Sequence[dict], workdir: str, title: str) -> list[str]:
   fig.savefig(paths[1], dpi=110)
   plt.close(fig)
 
-  with_depth = _varies(rows, 'depth')
+  with_depth = len({r['depth'] for r in rows}) > 1
   groups = _series(rows, lambda r: r['one_by_one'],
                    lambda r: r['width'] + (f', depth {r["depth"]}' if with_depth else ''))
   order = [p for p in PLACEMENT_ORDER if any(p == x for pts in groups.values() for x, *_ in pts)]
   order += sorted({x for pts in groups.values() for x, *_ in pts} - set(order))
   fig, ax = plt.subplots(figsize=(6, 4))
   bar = 0.8 / max(1, len(groups))
-  for i, (label, pts) in enumerate(sorted(groups.items())):
+  for i, label in enumerate(sorted(groups, key=_natural)):
+    pts = groups[label]
     means = dict((x, m) for x, m, _ in pts)
     xs = [j + i * bar for j, p in enumerate(order) if p in means]
     ax.bar(xs, [means[p] for p in order if p in means], width=bar, label=label)

@@ -73,7 +73,7 @@ def is_finished(trial_dir: str) -> bool:
 
 
 def state(trial_dir: str) -> str:
-  """done | failed | interrupted | running | pending (never started)."""
+  """done | failed | interrupted | running | queued (submitted to SLURM) | pending."""
   if is_finished(trial_dir):
     return 'done'
   status = read_json(os.path.join(trial_dir, STATUS)) or {}

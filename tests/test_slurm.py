@@ -59,11 +59,12 @@ def slurm_env(tmp_path_factory):
 
 def test_two_trial_sweep_runs_through_sbatch_and_reports(tmp_path, slurm_env):
   work = tmp_path / 'sweep'
-  proc = subprocess.run(
-      [sys.executable, 'main.py', '--mode=sweep', '--launcher=slurm', '--parallel=0',
-       '--slurm_cpus=1', '--slurm_time=00:10:00', f'--config={REPO}/configs/default.py',
-       *overrides(num_train_steps=3), f'--workdir={work}', '--sweep=model.width_multiplier=0.5,1'],
-      cwd=REPO, env=slurm_env, capture_output=True, text=True, timeout=300)
+  command = [sys.executable, 'main.py', '--mode=sweep', '--launcher=slurm', '--parallel=0',
+             '--slurm_cpus=1', '--slurm_time=00:10:00', f'--config={REPO}/configs/default.py',
+             *overrides(num_train_steps=3), f'--workdir={work}',
+             '--sweep=model.width_multiplier=0.5,1']
+  proc = subprocess.run(command, cwd=REPO, env=slurm_env, capture_output=True, text=True,
+                        timeout=300)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   assert 'Submitted SLURM job array' in proc.stdout
   assert 'Summary: 2 done, 0 failed, 0 skipped (2 trials)' in proc.stdout, proc.stdout
@@ -77,3 +78,8 @@ def test_two_trial_sweep_runs_through_sbatch_and_reports(tmp_path, slurm_env):
   for name in ('width_multiplier=0.5', 'width_multiplier=1'):  # each ran as an array task
     status = (work / 'trials' / name / 'status.json').read_text()
     assert '"slurm_array_task_id"' in status and '"state": "done"' in status
+  # Rerunning submits nothing: both trials are finished.
+  again = subprocess.run(command, cwd=REPO, env=slurm_env, capture_output=True, text=True,
+                         timeout=300)
+  assert 'Summary: 0 done, 0 failed, 2 skipped (2 trials)' in again.stdout, again.stdout
+  assert 'Submitted' not in again.stdout
