@@ -6,10 +6,11 @@ CIFAR-10 accuracies (about 60 epochs, Adadelta): 8L 90.21, 9L 90.55, 10L 90.61, 
 (../../shared/REFERENCES.md). Training is configs/default.py's recipe.
 
   python main.py --mode=sweep --config=configs/sweeps/depth_budget.py --workdir=runs/depth_budget
-  (--config.num_epochs=2 for the shortened run in README.md; --sweep=seed=0,1,2 adds seeds)
+  (--sweep=seed=0,1,2 adds seeds)
 
-Cost on 2 CPU cores: the 8- to 10-layer nets need 1.5-1.8x the MACs of the 13-layer one, whose
-epoch takes about 160 s; the whole study is about 16 minutes per epoch.
+The shortened run in README.md / docs/study1 adds --config.num_epochs=1
+--config.schedule.warmup_epochs=0.3: 46 minutes on a 2-core CPU shared with other jobs (the
+8- to 10-layer nets need 1.6-1.9x the MACs of the 13-layer one).
 """
 
 import ml_collections
