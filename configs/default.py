@@ -52,7 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.batch_size = 128
   c.eval_batch_size = 1000
-  c.num_epochs = 6
+  c.num_epochs = 5
   c.num_train_steps = 0        # > 0 overrides num_epochs
   c.seed = 0
   c.dtype = 'float32'          # compute dtype: float32 | bfloat16 (parameters stay float32)
