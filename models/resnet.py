@@ -115,8 +115,9 @@ def build(knobs: dict, num_classes: int, dtype: Any, *, depth: int, stem: str) -
     kind = 'bottleneck' if k.one_by_one == 'all' else 'basic'
     per_block = 3 if kind == 'bottleneck' else 2
     if not k.layers and (depth - 2) % (3 * per_block):
+      examples = ', '.join(str(3 * per_block * n + 2) for n in (3, 9, 18))
       raise UserError(f'CIFAR ResNet depth must be {3 * per_block}n + 2 with {kind} blocks '
-                      f'(e.g. 20, 56, 110 for basic), got {depth}')
+                      f'(e.g. {examples}), got {depth}')
     stages = ((depth - 2) // (3 * per_block),) * 3
     widths = (16, 32, 64)
   if k.one_by_one != 'default':
