@@ -232,6 +232,7 @@ class Knobs:
                        dtype=self.dtype, **kw)
 
   def dense(self, features: int, **kw) -> nn.Dense:
+    """A dense layer with this family's initializer and dtype."""
     return nn.Dense(features, kernel_init=initializer(self.init), dtype=self.dtype, **kw)
 
   def downsample(self, x: jax.Array, train: bool, window: int = 2, stride: int = 2,

@@ -75,7 +75,7 @@ class ResNet(nn.Module):
   num_classes: int
   stages: tuple[int, ...]
   widths: tuple[int, ...]
-  kinds: tuple[str, ...]
+  kind: str = 'basic'  # 'basic' | 'bottleneck'
   stem: str = 'imagenet'  # 'imagenet' | 'cifar'
 
   @nn.compact
@@ -88,12 +88,12 @@ class ResNet(nn.Module):
     else:
       x = k.conv(k.width(16), 3)(x, train)
     shortcut = 'A' if self.stem == 'cifar' else 'B'
-    for s, (blocks, width, kind) in enumerate(zip(self.stages, self.widths, self.kinds)):
+    for s, (blocks, width) in enumerate(zip(self.stages, self.widths)):
       for b in range(blocks):
         stride = 2 if s > 0 and b == 0 else 1
         if stride == 2 and k.pool in ('max', 'avg'):
           x, stride = layers.pool(x, k.pool), 1
-        x = Block(k, width, stride, kind, shortcut)(x, train)
+        x = Block(k, width, stride, self.kind, shortcut)(x, train)
     x = layers.global_pool(x, k.global_pool)
     x = nn.Dropout(k.dropout, deterministic=not train)(x)
     return k.dense(self.num_classes)(x).astype(jnp.float32)
@@ -129,7 +129,7 @@ def build(knobs: dict, num_classes: int, dtype: Any, *, depth: int, stem: str) -
                     'stages; give one width per stage')
   widths = tuple(k.width(w) for w in widths[:len(stages)])
   return ResNet(k=k, num_classes=num_classes, stages=stages, widths=widths,
-                kinds=(kind,) * len(stages), stem=stem)
+                kind=kind, stem=stem)
 
 
 for _depth in IMAGENET_DEPTHS:
