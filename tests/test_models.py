@@ -365,7 +365,7 @@ def test_googlenet_aux_heads():
 # Small members: layouts / blocks cut down so that eight compiles stay quick.
 ND = {'simplenet_cifar_310k': {'layers': '16,p,32,32k1,p,32'},
       'vgg11_bn': {'layers': '16,p,32,p', 'global_pool': 'avg', 'dropout': 0.0},
-      'resnet20': {'depth': 8}, 'resnet50': {'layers': '1,1', 'width_multiplier': 0.25}}
+      'resnet20': {'depth': 8}}
 
 
 @pytest.mark.parametrize('name', sorted(ND))
