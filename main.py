@@ -19,6 +19,9 @@ config_flags.DEFINE_config_file('config', None, 'Config file, optionally with :k
                                 'arguments.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard logs and results.')
 flags.DEFINE_enum('mode', 'train', ['train', 'sweep', 'report', 'summary', 'benchmark'], 'What to do.')
+flags.DEFINE_string('compilation_cache_dir', os.path.expanduser('~/.cache/cnn_lab/jax'),
+                    'Persistent XLA compilation cache, so repeated runs and sweep trials skip '
+                    'recompiling ("" disables it).')
 flags.DEFINE_integer('benchmark_steps', 30, '--mode=benchmark: timed train steps.')
 flags.DEFINE_string('coordinator_address', '', 'Multi-process: host:port of process 0 '
                     '(SLURM and TPU pods are detected without it).')
@@ -66,6 +69,10 @@ def run(argv) -> None:
     sys.exit(launch.run_sweep(expand.base_config_args(FLAGS['config']), FLAGS.workdir, FLAGS.sweep,
                               FLAGS.dry_run, FLAGS.launcher, FLAGS.parallel, slurm))
   from train import distributed, loop  # imported after flag parsing: JAX reads XLA_FLAGS here
+  if FLAGS.compilation_cache_dir and FLAGS.mode == 'train':  # benchmark times real compiles
+    import jax
+    jax.config.update('jax_compilation_cache_dir', FLAGS.compilation_cache_dir)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if FLAGS.mode == 'train':
     loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -41,3 +41,14 @@ def test_ema_and_flip_tta_change_only_evaluation(tmp_path):
   p, e = load_results(plain), load_results(ema)
   assert p['train_log'] == e['train_log']  # training itself is untouched
   assert p['test_loss'] != e['test_loss']
+
+
+def test_persistent_compilation_cache_is_written_and_reused(tmp_path):
+  cache = tmp_path / 'cache'
+  run_main([f'--workdir={tmp_path}/a', f'--compilation_cache_dir={cache}', *overrides()])
+  entries = sorted(os.listdir(cache))
+  assert any(e.startswith('jit_step') for e in entries), entries
+  # A second experiment with the same shapes adds no new train-step executable.
+  run_main([f'--workdir={tmp_path}/b', f'--compilation_cache_dir={cache}', *overrides(seed=1)])
+  assert sorted(e for e in os.listdir(cache) if e.startswith('jit_step')) == \
+      [e for e in entries if e.startswith('jit_step')]

@@ -64,27 +64,28 @@ def run(config, workdir: str, steps: int = 30, warmup: int = 3) -> dict:
   steps_per_epoch = n_examples // batch
   tx = optim.create(config, steps_per_epoch, max(steps + warmup, 10) * 10)
   init_key, data_key, step_key = jax.random.split(jax.random.key(config.seed), 3)
+  step_key = np.asarray(jax.random.key_data(step_key))
   state = loop.create_train_state(model, tx, info.shape, init_key, rep, ema=config.ema_decay > 0)
   metrics = loop.empty_metrics(rep)
   permute = jax.jit(lambda e: jax.random.permutation(jax.random.fold_in(data_key, e), n_examples),
                     out_shardings=rep)
   perm = permute(0)
-  train_step = loop.make_train_step(model, tx, config, steps_per_epoch, mesh, step_key)
+  train_step = loop.make_train_step(model, tx, config, steps_per_epoch, mesh)
 
   t0 = time.perf_counter()
-  compiled = train_step.lower(state, metrics, images, labels, perm, mean, std).compile()
+  compiled = train_step.lower(state, metrics, images, labels, perm, mean, std, step_key).compile()
   compile_time = time.perf_counter() - t0
   flops = _cost_flops(compiled)
 
   for _ in range(warmup):
-    state, metrics = compiled(state, metrics, images, labels, perm, mean, std)
+    state, metrics = compiled(state, metrics, images, labels, perm, mean, std, step_key)
   jax.block_until_ready(state)
 
   # Synchronized steps: per-step latency distribution.
   step_times = []
   for _ in range(steps):
     t = time.perf_counter()
-    state, metrics = compiled(state, metrics, images, labels, perm, mean, std)
+    state, metrics = compiled(state, metrics, images, labels, perm, mean, std, step_key)
     jax.block_until_ready(state)
     step_times.append(time.perf_counter() - t)
 
@@ -97,7 +98,7 @@ def run(config, workdir: str, steps: int = 30, warmup: int = 3) -> dict:
       ti = time.perf_counter()
       perm = permute(i // steps_per_epoch)
       t_input += time.perf_counter() - ti
-    state, metrics = compiled(state, metrics, images, labels, perm, mean, std)
+    state, metrics = compiled(state, metrics, images, labels, perm, mean, std, step_key)
   jax.block_until_ready(state)
   wall = time.perf_counter() - t
 

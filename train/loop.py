@@ -155,13 +155,16 @@ def create_train_state(model, tx, example_shape, key: jax.Array, sharding,
   return jax.jit(init, out_shardings=sharding)()
 
 
-def make_train_step(model, tx, config, steps_per_epoch: int, mesh, step_key: jax.Array):
+def make_train_step(model, tx, config, steps_per_epoch: int, mesh):
+  """The jitted step; its randomness key is an argument, so runs that differ only in seed
+  share one compiled (and persistently cached) executable."""
   batch = config.batch_size
   rep, shard = distributed.replicated(mesh), distributed.batch_sharded(mesh)
   aug = config.augment
 
-  def step(state: TrainState, metrics: TrainMetrics, images, labels, perm, mean, std):
-    key = jax.random.fold_in(step_key, state.step)
+  def step(state: TrainState, metrics: TrainMetrics, images, labels, perm, mean, std, key_data):
+    # The key arrives as raw uint32 data (host numpy, identical in every process).
+    key = jax.random.fold_in(jax.random.wrap_key_data(key_data), state.step)
     k_aug, k_drop = jax.random.split(key)
     start = (state.step % steps_per_epoch) * batch
     idx = jax.lax.with_sharding_constraint(jax.lax.dynamic_slice(perm, (start,), (batch,)), shard)
@@ -313,6 +316,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   model = models.create(config.model, info.num_classes, DTYPES[config.dtype])
   tx = optim.create(config, steps_per_epoch, total_steps)
   init_key, data_key, step_key = jax.random.split(jax.random.key(config.seed), 3)
+  step_key = np.asarray(jax.random.key_data(step_key))
 
   state = create_train_state(model, tx, info.shape, init_key, rep, ema=config.ema_decay > 0)
   n_params = summary.count_params(state.params)
@@ -334,7 +338,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  '%d steps, %d devices.', config.model.name, f'{n_params:,}', info.name,
                  train.labels.shape[0], test.labels.shape[0], steps_per_epoch, total_steps, n_dev)
 
-  train_step = make_train_step(model, tx, config, steps_per_epoch, mesh, step_key)
+  train_step = make_train_step(model, tx, config, steps_per_epoch, mesh)
   eval_step = make_eval_step(model, eval_batch, mesh, config.eval_flip_tta)
   permute = jax.jit(lambda e: jax.random.permutation(jax.random.fold_in(data_key, e),
                                                      train.labels.shape[0]), out_shardings=rep)
@@ -372,7 +376,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     perm = permute(epoch)
     epoch_end = min((epoch + 1) * steps_per_epoch, total_steps)
     while step < epoch_end:
-      state, metrics = train_step(state, metrics, train_images, train_labels, perm, mean, std)
+      state, metrics = train_step(state, metrics, train_images, train_labels, perm, mean, std,
+                                  step_key)
       step += 1
       if first:  # time the compilation separately from steady-state throughput
         jax.block_until_ready(state)
