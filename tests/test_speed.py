@@ -3,9 +3,17 @@
 import json
 import os
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from conftest import load_results, overrides, run_main
+
+import models  # noqa: E402  (conftest puts the repository on sys.path)
+from configs import common  # noqa: E402
+from models import layers  # noqa: E402
 
 
 def test_benchmark_mode_writes_benchmark_json(tmp_path):
@@ -52,3 +60,34 @@ def test_persistent_compilation_cache_is_written_and_reused(tmp_path):
   run_main([f'--workdir={tmp_path}/b', f'--compilation_cache_dir={cache}', *overrides(seed=1)])
   assert sorted(e for e in os.listdir(cache) if e.startswith('jit_step')) == \
       [e for e in entries if e.startswith('jit_step')]
+
+
+@pytest.mark.parametrize('shape,window', [((4, 9, 3), 2), ((3, 8, 7, 5), 2), ((2, 9, 9, 4), 3),
+                                          ((2, 5, 6, 4, 3), 2)])
+def test_tiled_max_pool_gradient_equals_select_and_scatter(shape, window):
+  # ReLU'd, coarsely rounded inputs: many windows hold ties (all zeros), where only the
+  # first maximum in the window may take the gradient, as XLA's select-and-scatter does.
+  x = jnp.round(jax.nn.relu(jax.random.normal(jax.random.PRNGKey(0), shape)) * 2) / 2
+  nd = len(shape) - 2
+  w = jax.random.normal(jax.random.PRNGKey(1), nn.max_pool(x, (window,) * nd,
+                                                          (window,) * nd).shape)
+  ref = jax.grad(lambda x: (nn.max_pool(x, (window,) * nd, (window,) * nd) * w).sum())(x)
+  new = jax.grad(lambda x: (layers.tiled_max_pool(x, window) * w).sum())(x)
+  assert float(jnp.abs(ref).sum()) > 0
+  np.testing.assert_array_equal(np.asarray(new), np.asarray(ref))
+  np.testing.assert_array_equal(
+      np.asarray(layers.tiled_max_pool(x, window)),
+      np.asarray(nn.max_pool(x, (window,) * nd, (window,) * nd)))
+
+
+def test_simplenet_backward_has_no_select_and_scatter():
+  model = models.create(common.model_config('simplenet_cifar_310k'), 10)
+  x = jnp.zeros((2, 32, 32, 3))
+  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+
+  def loss(params):
+    out, _ = model.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])
+    return out.sum()
+
+  text = str(jax.make_jaxpr(jax.grad(loss))(variables['params']))
+  assert 'select_and_scatter' not in text
