@@ -28,6 +28,7 @@ def test_benchmark_mode_writes_benchmark_json(tmp_path):
   assert 0 < b['fraction_of_peak'] < 1.5
   assert abs(b['fraction_of_peak'] - b['achieved_gflops_per_sec'] / b['peak_gflops_per_sec']) < 1e-3
   assert 0 <= b['input_wait_fraction'] < 0.5
+  assert '--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT' in b['xla_flags']
   assert not os.path.exists(os.path.join(workdir, 'checkpoints'))  # benchmarking trains nothing
 
 
@@ -39,6 +40,20 @@ def test_bfloat16_compute_tracks_float32_losses(tmp_path):
   b = np.array([l for _, l, _ in load_results(bf16)['train_log']])
   np.testing.assert_allclose(b, a, rtol=0.05)  # bf16 has an 8-bit mantissa
   assert not np.array_equal(a, b)  # the option really changes the compute dtype
+
+
+def test_eigen_convolutions_train_like_xla_default_ynnpack(tmp_path):
+  # main.py sends XLA CPU convolutions to Eigen (faster here); forcing them back to YNNPACK
+  # must give the same training up to float rounding.
+  eigen, ynn = str(tmp_path / 'eigen'), str(tmp_path / 'ynn')
+  run_main([f'--workdir={eigen}', *overrides(num_train_steps=10)])
+  run_main([f'--workdir={ynn}', *overrides(num_train_steps=10)], env_extra={
+      'XLA_FLAGS': '--xla_force_host_platform_device_count=1 '
+                   '--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION'})
+  a = np.array([l for _, l, _ in load_results(eigen)['train_log']])
+  b = np.array([l for _, l, _ in load_results(ynn)['train_log']])
+  assert len(a) == 10
+  np.testing.assert_allclose(b, a, rtol=1e-4)
 
 
 def test_ema_and_flip_tta_change_only_evaluation(tmp_path):
