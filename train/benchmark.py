@@ -63,8 +63,7 @@ def run(config, workdir: str, steps: int = 30, warmup: int = 3) -> dict:
   model = models.create(config.model, info.num_classes, loop.DTYPES[config.dtype])
   steps_per_epoch = n_examples // batch
   tx = optim.create(config, steps_per_epoch, max(steps + warmup, 10) * 10)
-  init_key, data_key, step_key = jax.random.split(jax.random.key(config.seed), 3)
-  step_key = np.asarray(jax.random.key_data(step_key))
+  init_key, data_key, step_key = loop.run_keys(config.seed, rep)
   state = loop.create_train_state(model, tx, info.shape, init_key, rep, ema=config.ema_decay > 0)
   metrics = loop.empty_metrics(rep)
   permute = jax.jit(lambda e: jax.random.permutation(jax.random.fold_in(data_key, e), n_examples),

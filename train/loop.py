@@ -155,6 +155,15 @@ def create_train_state(model, tx, example_shape, key: jax.Array, sharding,
   return jax.jit(init, out_shardings=sharding)()
 
 
+def run_keys(seed: int, sharding) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(init key, data-order key, step key data) of a run. The step key travels as raw uint32
+  data placed once on the devices, so the step takes it as an argument (runs differing only
+  in seed share one executable) without a host-to-device copy per step."""
+  init_key, data_key, step_key = jax.random.split(jax.random.key(seed), 3)
+  return init_key, data_key, distributed.put_replicated(
+      np.asarray(jax.random.key_data(step_key)), sharding)
+
+
 def make_train_step(model, tx, config, steps_per_epoch: int, mesh):
   """The jitted step; its randomness key is an argument, so runs that differ only in seed
   share one compiled (and persistently cached) executable."""
@@ -163,7 +172,7 @@ def make_train_step(model, tx, config, steps_per_epoch: int, mesh):
   aug = config.augment
 
   def step(state: TrainState, metrics: TrainMetrics, images, labels, perm, mean, std, key_data):
-    # The key arrives as raw uint32 data (host numpy, identical in every process).
+    # The key arrives as raw uint32 data (see run_keys).
     key = jax.random.fold_in(jax.random.wrap_key_data(key_data), state.step)
     k_aug, k_drop = jax.random.split(key)
     start = (state.step % steps_per_epoch) * batch
@@ -315,8 +324,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   model = models.create(config.model, info.num_classes, DTYPES[config.dtype])
   tx = optim.create(config, steps_per_epoch, total_steps)
-  init_key, data_key, step_key = jax.random.split(jax.random.key(config.seed), 3)
-  step_key = np.asarray(jax.random.key_data(step_key))
+  init_key, data_key, step_key = run_keys(config.seed, rep)
 
   state = create_train_state(model, tx, info.shape, init_key, rep, ema=config.ema_decay > 0)
   n_params = summary.count_params(state.params)
