@@ -1,6 +1,6 @@
 # The two commands of README.md: `make run` (train the default experiment) and `make test`.
 # Each one sets up what it needs first: a venv from requirements.txt and, where apt exists,
-# Debian's Fashion-MNIST package.
+# Debian's Fashion-MNIST package, tcmalloc (main.py preloads it) and the oneDNN kernels.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,14 +8,27 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 WORKDIR ?= runs/default
 
-.PHONY: run test setup data slurm
+.PHONY: run test setup data tcmalloc slurm kernels
 run: setup
 	$(PY) main.py --config=configs/default.py --workdir=$(WORKDIR)
 
 test: setup
 	$(PY) -m pytest -q tests
 
-setup: $(VENV)/.installed data
+setup: $(VENV)/.installed data tcmalloc kernels
+
+# oneDNN convolutions for the CPU backend (kernels/onednn.py): Debian's libdnnl-dev and g++,
+# against the XLA FFI headers that ship with jaxlib. Without them, runs use XLA's convolutions.
+KERNEL_LIB := kernels/build/libonednn_conv.so
+kernels: $(KERNEL_LIB)
+
+$(KERNEL_LIB): kernels/onednn_conv.cc $(VENV)/.installed
+	@if [ ! -f /usr/include/oneapi/dnnl/dnnl.hpp ] && command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libdnnl-dev g++; \
+	fi
+	mkdir -p $(dir $@)
+	g++ -O2 -std=c++17 -shared -fPIC -w -I"$$($(PY) -c 'import jax; print(jax.ffi.include_dir())')" \
+	  $< -ldnnl -o $@.tmp && mv $@.tmp $@
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +44,12 @@ data:
 # SLURM client and daemons for tests/test_slurm.py, which starts its own one-node cluster
 # (scripts/slurm_local.sh). Not part of `setup`: it installs system daemons, so a laptop
 # opts in; .ci/run always does, and there the SLURM test fails instead of skipping.
+# main.py re-executes itself with tcmalloc preloaded when it is installed (see its header).
+tcmalloc:
+	@if ! ls /usr/lib/*/libtcmalloc_minimal.so.4 >/dev/null 2>&1 && command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libtcmalloc-minimal4; \
+	fi
+
 slurm:
 	@if ! command -v sbatch >/dev/null && command -v apt-get >/dev/null; then \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq slurm-wlm munge; \

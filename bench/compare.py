@@ -3,10 +3,14 @@ PyTorch baseline (bench/pytorch_simplenet.py), alternating runs so both see the 
 
   python bench/compare.py --torch_python=.venv-torch/bin/python --rounds=3 [--xla_flags=...]
 
-Writes bench/results/compare.json and prints a markdown table (median of rounds).
+Each round runs PyTorch with glibc's malloc and with tcmalloc preloaded (this project's main.py
+preloads tcmalloc itself, so the second is the like-for-like one), then this project once per
+`--conv_impls` entry (oneDNN's and XLA's convolutions by default). Writes
+bench/results/compare.json and prints a markdown table (median of rounds).
 """
 
 import argparse
+import glob
 import json
 import os
 import statistics
@@ -15,25 +19,29 @@ import sys
 import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TCMALLOC = next(iter(sorted(glob.glob('/usr/lib/*/libtcmalloc_minimal.so.4'))), '')
 CASES = [('simplenet_cifar_310k', 128), ('simplenet_cifar_5m', 64)]
 
 
-def jax_run(model: str, batch: int, steps: int, xla_flags: str, extra: list[str]) -> dict:
+def jax_run(model: str, batch: int, steps: int, xla_flags: str, conv_impl: str,
+            extra: list[str]) -> dict:
   with tempfile.TemporaryDirectory() as workdir:
     env = dict(os.environ, XLA_FLAGS=xla_flags)
     subprocess.run([sys.executable, 'main.py', '--mode=benchmark', f'--workdir={workdir}',
                     f'--config=configs/default.py:model={model},dataset=synthetic,'
-                    f'batch_size={batch},augment.crop_padding=0,augment.flip=false',
+                    f'batch_size={batch},augment.crop_padding=0,augment.flip=false,'
+                    f'conv_impl={conv_impl}',
                     f'--benchmark_steps={steps}', *extra],
                    cwd=REPO, env=env, check=True, capture_output=True)
     with open(os.path.join(workdir, 'benchmark.json')) as f:
       return json.load(f)
 
 
-def torch_run(python: str, model: str, batch: int, steps: int) -> dict:
+def torch_run(python: str, model: str, batch: int, steps: int, preload: str = '') -> dict:
+  env = dict(os.environ, LD_PRELOAD=preload) if preload else None
   out = subprocess.run([python, os.path.join(REPO, 'bench', 'pytorch_simplenet.py'),
                         f'--model={model}', f'--batch_size={batch}', f'--steps={steps}'],
-                       check=True, capture_output=True, text=True).stdout
+                       check=True, capture_output=True, text=True, env=env).stdout
   return json.loads(out.strip().splitlines()[-1])
 
 
@@ -44,33 +52,51 @@ def main() -> None:
   p.add_argument('--steps', type=int, default=20)
   p.add_argument('--xla_flags', default=os.environ.get('XLA_FLAGS', ''))
   p.add_argument('--models', default=','.join(m for m, _ in CASES))
+  p.add_argument('--conv_impls', default='onednn,xla', help='config conv_impl values to run')
   p.add_argument('--jax_args', default='', help='extra main.py flags, space separated')
   args = p.parse_args()
+  impls = args.conv_impls.split(',')
   rows = []
   for model, batch in CASES:
     if model not in args.models.split(','):
       continue
-    jx, pt = [], []
+    jx, pt, pt_tc = {i: [] for i in impls}, [], []
     for _ in range(args.rounds):
       pt.append(torch_run(args.torch_python, model, batch, args.steps))
-      jx.append(jax_run(model, batch, args.steps, args.xla_flags, args.jax_args.split()))
-    j = statistics.median(r['images_per_sec'] for r in jx)
+      if TCMALLOC:
+        pt_tc.append(torch_run(args.torch_python, model, batch, args.steps, TCMALLOC))
+      for impl in impls:
+        jx[impl].append(jax_run(model, batch, args.steps, args.xla_flags, impl,
+                                args.jax_args.split()))
     t = statistics.median(r['images_per_sec'] for r in pt)
-    peak = statistics.median(r['peak_gflops_per_sec'] for r in jx)
-    frac = statistics.median(r['fraction_of_peak'] for r in jx)
-    rows.append({'model': model, 'batch_size': batch, 'jax_images_per_sec': j,
-                 'torch_images_per_sec': t, 'ratio': round(j / t, 3),
-                 'jax_fraction_of_peak': frac, 'jax_peak_gflops': peak,
-                 'torch_peak_gflops': statistics.median(r['peak_gflops_per_sec'] for r in pt),
-                 'jax_runs': jx, 'torch_runs': pt, 'xla_flags': args.xla_flags})
+    t_tc = statistics.median(r['images_per_sec'] for r in pt_tc) if pt_tc else None
+    for impl in impls:
+      j = statistics.median(r['images_per_sec'] for r in jx[impl])
+      rows.append({'model': model, 'batch_size': batch, 'conv_impl': impl,
+                   'jax_images_per_sec': j, 'torch_images_per_sec': t,
+                   'ratio': round(j / t, 3),
+                   'torch_tcmalloc_images_per_sec': t_tc,
+                   'ratio_tcmalloc': round(j / t_tc, 3) if t_tc else None,
+                   'jax_fraction_of_peak': statistics.median(
+                       r['fraction_of_peak'] for r in jx[impl]),
+                   'jax_peak_gflops': statistics.median(
+                       r['peak_gflops_per_sec'] for r in jx[impl]),
+                   'torch_peak_gflops': statistics.median(
+                       r['peak_gflops_per_sec'] for r in pt),
+                   'jax_runs': jx[impl], 'torch_runs': pt, 'torch_tcmalloc_runs': pt_tc,
+                   'xla_flags': args.xla_flags})
   os.makedirs(os.path.join(REPO, 'bench', 'results'), exist_ok=True)
   with open(os.path.join(REPO, 'bench', 'results', 'compare.json'), 'w') as f:
     json.dump(rows, f, indent=2)
-  print('| model | batch | this project img/s | PyTorch img/s | ratio | % of f32 matmul peak |')
-  print('|---|---|---|---|---|---|')
+  print('| model | batch | convolutions | this project img/s | PyTorch img/s | ratio | '
+        'PyTorch + tcmalloc img/s | ratio | % of f32 matmul peak |')
+  print('|---|---|---|---|---|---|---|---|---|')
   for r in rows:
-    print(f"| {r['model']} | {r['batch_size']} | {r['jax_images_per_sec']:.1f} | "
-          f"{r['torch_images_per_sec']:.1f} | {r['ratio']:.2f}x | {100 * r['jax_fraction_of_peak']:.0f}% |")
+    tc = (f"{r['torch_tcmalloc_images_per_sec']:.1f} | {r['ratio_tcmalloc']:.2f}x"
+          if r['ratio_tcmalloc'] else 'n/a | n/a')
+    print(f"| {r['model']} | {r['batch_size']} | {r['conv_impl']} | {r['jax_images_per_sec']:.1f} | "
+          f"{r['torch_images_per_sec']:.1f} | {r['ratio']:.2f}x | {tc} | "
+          f"{100 * r['jax_fraction_of_peak']:.0f}% |")
 
 
 if __name__ == '__main__':

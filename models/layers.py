@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from errors import UserError
+from kernels import onednn
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     'relu': nn.relu,
@@ -106,7 +107,8 @@ class ConvNormAct(nn.Module):
       padding = self.kernel // 2
     x = nn.Conv(self.features, tuple_nd(self.kernel, nd), strides=tuple_nd(self.stride, nd),
                 padding=padding, use_bias=self.use_bias,
-                kernel_init=initializer(self.kernel_init), dtype=self.dtype)(x)
+                kernel_init=initializer(self.kernel_init), dtype=self.dtype,
+                conv_general_dilated=onednn.conv_general_dilated)(x)
     if self.norm == 'batch':
       x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                        epsilon=self.bn_epsilon, dtype=self.dtype)(x)
@@ -150,12 +152,32 @@ def tiled_max_pool(x: jax.Array, window: int) -> jax.Array:
   strided slices and one fused select instead of select-and-scatter, which XLA's CPU backend
   runs 10-50x slower (measured: 47 ms vs 2.7 ms at 128x28x28x32).
   """
+  # Inference (and `--mode=summary`, which reads pooling windows off this jaxpr) keeps the
+  # reduce-window; training runs `_tiled_max_pool_fwd` below.
   nd = spatial_ndim(x)
   return nn.max_pool(x, tuple_nd(window, nd), strides=tuple_nd(window, nd))
 
 
+def _strided_max(x: jax.Array, window: int) -> jax.Array:
+  """The same pooling as the maximum of the window's strided slices: one fused elementwise
+  loop, 4-5x faster on XLA's CPU backend than reduce-window (1.6 vs 6-8 ms at 128x32x32x32)."""
+  y = None
+  for index in _window_slices(x, window):
+    y = x[index] if y is None else jnp.maximum(y, x[index])
+  return y
+
+
+def _window_slices(x: jax.Array, window: int):
+  """For each offset in a window (row-major), the strided slice of x holding it in every
+  window; windows that do not fit at the end are dropped, as VALID pooling does."""
+  out = [n // window for n in x.shape[1:-1]]
+  for offset in itertools.product(range(window), repeat=len(out)):
+    yield (slice(None), *(slice(o, o + window * n, window) for o, n in zip(offset, out)),
+           slice(None))
+
+
 def _tiled_max_pool_fwd(x, window):
-  y = tiled_max_pool(x, window)
+  y = _strided_max(x, window)
   return y, (x, y)
 
 
@@ -164,9 +186,7 @@ def _tiled_max_pool_bwd(window, residuals, g):
   nd, out = spatial_ndim(x), y.shape[1:-1]
   taken = jnp.zeros(y.shape, bool)
   parts = []
-  for offset in itertools.product(range(window), repeat=nd):  # row-major window order
-    index = (slice(None), *(slice(o, o + window * n, window) for o, n in zip(offset, out)),
-             slice(None))
+  for index in _window_slices(x, window):  # row-major window order
     hit = (x[index] == y) & ~taken
     taken = taken | hit
     parts.append(jnp.where(hit, g, jnp.zeros((), g.dtype)))

@@ -29,6 +29,7 @@ def test_benchmark_mode_writes_benchmark_json(tmp_path):
   assert abs(b['fraction_of_peak'] - b['achieved_gflops_per_sec'] / b['peak_gflops_per_sec']) < 1e-3
   assert 0 <= b['input_wait_fraction'] < 0.5
   assert '--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT' in b['xla_flags']
+  assert b['conv_impl'] in ('onednn', 'xla') and b['malloc'] in ('tcmalloc', 'system')
   assert not os.path.exists(os.path.join(workdir, 'checkpoints'))  # benchmarking trains nothing
 
 
@@ -46,14 +47,29 @@ def test_eigen_convolutions_train_like_xla_default_ynnpack(tmp_path):
   # main.py sends XLA CPU convolutions to Eigen (faster here); forcing them back to YNNPACK
   # must give the same training up to float rounding.
   eigen, ynn = str(tmp_path / 'eigen'), str(tmp_path / 'ynn')
-  run_main([f'--workdir={eigen}', *overrides(num_train_steps=10)])
-  run_main([f'--workdir={ynn}', *overrides(num_train_steps=10)], env_extra={
+  run_main([f'--workdir={eigen}', *overrides(num_train_steps=10, conv_impl='xla')])
+  run_main([f'--workdir={ynn}', *overrides(num_train_steps=10, conv_impl='xla')], env_extra={
       'XLA_FLAGS': '--xla_force_host_platform_device_count=1 '
                    '--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION'})
   a = np.array([l for _, l, _ in load_results(eigen)['train_log']])
   b = np.array([l for _, l, _ in load_results(ynn)['train_log']])
   assert len(a) >= 5  # one loss per logged step (the compiling first step is not logged)
   np.testing.assert_allclose(b, a, rtol=1e-4)
+
+
+def test_main_preloads_tcmalloc_and_it_changes_no_numbers(tmp_path):
+  installed = any(os.path.exists(p) for p in
+                  ('/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4',
+                   '/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4'))
+  if not installed and not os.environ.get('CI'):
+    pytest.skip('libtcmalloc-minimal4 is not installed (make setup installs it)')
+  tc, system = str(tmp_path / 'tc'), str(tmp_path / 'system')
+  run_main([f'--workdir={tc}', *overrides(num_train_steps=4)])
+  run_main([f'--workdir={system}', *overrides(num_train_steps=4)],
+           env_extra={'CNN_LAB_MALLOC': 'system'})
+  a, b = load_results(tc), load_results(system)
+  assert (a['malloc'], b['malloc']) == ('tcmalloc', 'system')
+  assert a['train_log'] == b['train_log']  # the allocator changes speed, never results
 
 
 def test_ema_and_flip_tta_change_only_evaluation(tmp_path):
@@ -90,12 +106,12 @@ def test_tiled_max_pool_gradient_equals_select_and_scatter(shape, window):
   new = jax.grad(lambda x: (layers.tiled_max_pool(x, window) * w).sum())(x)
   assert float(jnp.abs(ref).sum()) > 0
   np.testing.assert_array_equal(np.asarray(new), np.asarray(ref))
-  np.testing.assert_array_equal(
-      np.asarray(layers.tiled_max_pool(x, window)),
-      np.asarray(nn.max_pool(x, (window,) * nd, (window,) * nd)))
+  pooled = np.asarray(nn.max_pool(x, (window,) * nd, (window,) * nd))
+  np.testing.assert_array_equal(np.asarray(layers.tiled_max_pool(x, window)), pooled)
+  np.testing.assert_array_equal(np.asarray(layers._strided_max(x, window)), pooled)  # training
 
 
-def test_simplenet_backward_has_no_select_and_scatter():
+def test_simplenet_pooling_has_no_reduce_window_or_select_and_scatter():
   model = models.create(common.model_config('simplenet_cifar_310k'), 10)
   x = jnp.zeros((2, 32, 32, 3))
   variables = model.init(jax.random.PRNGKey(0), x, train=False)
@@ -105,4 +121,4 @@ def test_simplenet_backward_has_no_select_and_scatter():
     return out.sum()
 
   text = str(jax.make_jaxpr(jax.grad(loss))(variables['params']))
-  assert 'select_and_scatter' not in text
+  assert 'select_and_scatter' not in text and 'reduce_window' not in text

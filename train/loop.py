@@ -34,12 +34,13 @@ from models import summary
 from data import augment as augment_lib
 from data import datasets
 from errors import NonFiniteLossError, UserError
+from kernels import onednn
 from train import distributed, optim
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # Settings that may change when an existing run is resumed (extend it, change cadence).
 RESUMABLE_CHANGES = ('num_epochs', 'num_train_steps', 'log_every_steps', 'eval_every_epochs',
-                     'checkpoint_every_steps', 'keep_checkpoints', 'eval_batch_size')
+                     'checkpoint_every_steps', 'keep_checkpoints', 'eval_batch_size', 'conv_impl')
 
 
 @flax.struct.dataclass
@@ -65,6 +66,11 @@ class EvalMetrics(clu_metrics.Collection):
 
 
 # ----------------------------------------------------------------------------- validation
+
+
+def malloc() -> str:
+  """The process's allocator: 'tcmalloc' when main.py preloaded it, else 'system'."""
+  return 'tcmalloc' if 'tcmalloc' in os.environ.get('LD_PRELOAD', '') else 'system'
 
 
 def check_workdir(workdir: str) -> None:
@@ -100,6 +106,7 @@ def validate(config: ml_collections.ConfigDict, workdir: str,
   if config.batch_size % n_dev:
     raise UserError(f'batch_size {config.batch_size} is not divisible by the {n_dev} devices; '
                     f'use a multiple of {n_dev}')
+  onednn.select(config.conv_impl)
   info = datasets.info(config.dataset)
   models.create(config.model, info.num_classes, DTYPES[config.dtype])  # resolves every knob
   optim.check(config)
@@ -343,8 +350,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from clu import metric_writers  # imports TensorFlow; only the writing process needs it
     writer = metric_writers.SummaryWriter(os.path.join(workdir, 'tensorboard'))
     logging.info('Model %s: %s parameters. Data %s: %d train / %d test, %d steps/epoch, '
-                 '%d steps, %d devices.', config.model.name, f'{n_params:,}', info.name,
-                 train.labels.shape[0], test.labels.shape[0], steps_per_epoch, total_steps, n_dev)
+                 '%d steps, %d devices, %s convolutions, %s malloc.', config.model.name,
+                 f'{n_params:,}', info.name, train.labels.shape[0], test.labels.shape[0],
+                 steps_per_epoch, total_steps, n_dev, 'oneDNN' if onednn.active() else 'XLA',
+                 malloc())
 
   train_step = make_train_step(model, tx, config, steps_per_epoch, mesh)
   eval_step = make_eval_step(model, eval_batch, mesh, config.eval_flip_tta)
@@ -451,6 +460,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'epochs': round(total_steps / steps_per_epoch, 3),
       'num_devices': n_dev,
       'num_processes': jax.process_count(),
+      'conv_impl': 'onednn' if onednn.active() else 'xla',
+      'malloc': malloc(),
       'history': history,
       'train_log': meta['train_log'],  # [step, mean loss, accuracy] over each log interval
       'config': json.loads(config.to_json()),

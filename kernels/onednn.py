@@ -1,0 +1,163 @@
+"""oneDNN convolutions for the CPU backend, as a drop-in `conv_general_dilated`.
+
+XLA:CPU lowers a convolution's weight gradient to slow loops and surrounds it with layout
+transposes; oneDNN (the library PyTorch's CPU convolutions use) has tuned kernels for all
+three passes on channels-last data. `conv_general_dilated` here calls them through the XLA
+FFI (kernels/onednn_conv.cc, built by `make kernels`) with a custom VJP: forward, backward
+data and backward weights are one oneDNN primitive each, while XLA keeps fusing the bias,
+BatchNorm, activation and pooling around them.
+
+Covered: f32, channels-last inputs with (spatial..., in, out) kernels (Flax's nn.Conv),
+1-3 spatial dims, any stride, padding and kernel dilation, one feature group. Anything else
+(bf16, grouped or transposed convolutions) falls through to `lax.conv_general_dilated`.
+The VJP is first order: gradients w.r.t. inputs and kernels work (training, saliency,
+adversarial attacks); second derivatives and forward-mode JVPs need `conv_impl='xla'`.
+
+Which implementation a run uses is decided once per process by `select` (config key
+`conv_impl`: 'auto', 'xla' or 'onednn').
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from errors import UserError
+
+LIBRARY = pathlib.Path(__file__).resolve().parent / 'build' / 'libonednn_conv.so'
+IMPLS = ('auto', 'xla', 'onednn')
+_TARGETS = {'fwd': 'OnednnConvForward', 'bwd_data': 'OnednnConvBackwardData',
+            'bwd_weights': 'OnednnConvBackwardWeights'}
+
+_active = False  # set by `select`; read when a model is traced
+
+
+@functools.cache
+def load_error() -> str | None:
+  """Registers the FFI targets once; returns why they are unavailable, or None."""
+  if not LIBRARY.exists():
+    return f'{LIBRARY} is not built (run `make kernels`; it needs apt\'s libdnnl-dev and g++)'
+  try:
+    lib = ctypes.cdll.LoadLibrary(str(LIBRARY))
+  except OSError as e:
+    return f'cannot load {LIBRARY}: {e} (rebuild it with `make kernels`)'
+  for name, symbol in _TARGETS.items():
+    jax.ffi.register_ffi_target(f'onednn_conv_{name}', jax.ffi.pycapsule(getattr(lib, symbol)),
+                                platform='cpu')
+  return None
+
+
+def select(impl: str) -> str:
+  """Chooses the convolution implementation for this process; returns 'onednn' or 'xla'.
+
+  'auto' takes oneDNN when it can: the CPU backend, one device in the whole run (the FFI
+  call is not partitioned across devices, so data-parallel runs keep XLA's convolutions),
+  and the library built. 'onednn' insists and fails with the reason; 'xla' never uses it.
+  """
+  global _active
+  if impl not in IMPLS:
+    raise UserError(f'unknown conv_impl {impl!r}; choose one of {", ".join(IMPLS)}')
+  reason = None
+  if impl == 'xla':
+    reason = 'conv_impl=xla'
+  elif jax.default_backend() != 'cpu':
+    reason = f'the backend is {jax.default_backend()}, not cpu'
+  elif jax.device_count() != 1:
+    reason = (f'the run has {jax.device_count()} devices; the oneDNN call is single-device '
+              '(use conv_impl=xla or auto)')
+  else:
+    reason = load_error()
+  if reason and impl == 'onednn':
+    raise UserError(f'conv_impl=onednn is unavailable: {reason}')
+  _active = reason is None
+  return 'onednn' if _active else 'xla'
+
+
+def active() -> bool:
+  return _active
+
+
+@contextlib.contextmanager
+def disabled():
+  """Traces with XLA's convolutions inside (e.g. for XLA's FLOP count of the same step)."""
+  global _active
+  saved, _active = _active, False
+  try:
+    yield
+  finally:
+    _active = saved
+
+
+def _out_size(n: int, k: int, stride: int, dilation: int, lo: int, hi: int) -> int:
+  return (n + lo + hi - dilation * (k - 1) - 1) // stride + 1
+
+
+def _call(target: str, shape, *operands, geometry):
+  strides, dilation, lo, hi = (np.asarray(v, np.int64) for v in geometry)
+  return jax.ffi.ffi_call(f'onednn_conv_{target}', jax.ShapeDtypeStruct(shape, jnp.float32),
+                          vmap_method='sequential')(
+                              *operands, strides=strides, dilation=dilation, pad_lo=lo,
+                              pad_hi=hi)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv(x: jax.Array, kernel: jax.Array, geometry: tuple) -> jax.Array:
+  """Channels-last convolution; geometry = (strides, dilation, pad_lo, pad_hi) tuples."""
+  strides, dilation, lo, hi = geometry
+  nd = x.ndim - 2
+  shape = (x.shape[0],) + tuple(
+      _out_size(x.shape[1 + i], kernel.shape[i], strides[i], dilation[i], lo[i], hi[i])
+      for i in range(nd)) + (kernel.shape[-1],)
+  return _call('fwd', shape, x, kernel, geometry=geometry)
+
+
+def _conv_fwd(x, kernel, geometry):
+  return conv(x, kernel, geometry), (x, kernel)
+
+
+def _conv_bwd(geometry, residuals, dy):
+  x, kernel = residuals
+  dx = _call('bwd_data', x.shape, dy, kernel, geometry=geometry)
+  dk = _call('bwd_weights', kernel.shape, x, dy, geometry=geometry)
+  return dx, dk
+
+
+conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _channels_last(nd: int, dimension_numbers) -> bool:
+  spec = lax.ConvDimensionNumbers(lhs_spec=(0, nd + 1) + tuple(range(1, nd + 1)),
+                                  rhs_spec=(nd + 1, nd) + tuple(range(nd)),
+                                  out_spec=(0, nd + 1) + tuple(range(1, nd + 1)))
+  return dimension_numbers == spec
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         batch_group_count=1, precision=None, preferred_element_type=None):
+  """`lax.conv_general_dilated`, through oneDNN when `select` chose it and the call fits."""
+  nd = lhs.ndim - 2
+  lhs_dilation = tuple(lhs_dilation or (1,) * nd)
+  rhs_dilation = tuple(rhs_dilation or (1,) * nd)
+  dnums = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  fits = (_active and 1 <= nd <= 3 and lhs.dtype == rhs.dtype == jnp.float32
+          and preferred_element_type in (None, jnp.float32) and feature_group_count == 1
+          and batch_group_count == 1 and set(lhs_dilation) == {1}
+          and _channels_last(nd, dnums))
+  if not fits:
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                    rhs_dilation, dimension_numbers, feature_group_count,
+                                    batch_group_count, precision, preferred_element_type)
+  if isinstance(padding, str):
+    dilated = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:nd], rhs_dilation)]
+    padding = lax.padtype_to_pads(lhs.shape[1:-1], dilated, window_strides, padding)
+  lo, hi = zip(*padding)
+  geometry = (tuple(window_strides), rhs_dilation, tuple(lo), tuple(hi))
+  return conv(lhs, rhs, geometry)

@@ -1,0 +1,271 @@
+// oneDNN convolutions for XLA:CPU, called through the XLA FFI (jax.ffi.ffi_call).
+//
+// Three handlers, one per pass of a convolution: forward, gradient w.r.t. the input
+// (backward data) and gradient w.r.t. the kernel (backward weights). Activations are
+// channels-last (N, spatial..., C) and kernels are XLA/Flax's (spatial..., I, O), for 1, 2
+// or 3 spatial dims, f32, one feature group. oneDNN reads and writes those buffers in place;
+// only the kernel is reordered into the blocked layout the primitive asks for (kernels are
+// small next to activations). Primitives are built once per geometry and cached.
+//
+// Build: see the `kernels` target of the Makefile (g++ against Debian's libdnnl-dev and the
+// FFI headers that ship with jaxlib).
+
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+
+namespace {
+
+enum class Pass { kForward, kBackwardData, kBackwardWeights };
+
+// A convolution's geometry in oneDNN's logical order: src {N, C, S...},
+// weights {O, I, K...}, dst {N, O, S'...}; dilation 0 means none.
+struct Geometry {
+  memory::dims src, wei, dst, strides, dilates, pad_l, pad_r;
+
+  std::string Key(Pass pass) const {
+    std::string key = std::to_string(static_cast<int>(pass));
+    for (const memory::dims* d : {&src, &wei, &dst, &strides, &dilates, &pad_l, &pad_r}) {
+      key += '|';
+      for (int64_t v : *d) key += std::to_string(v) + ',';
+    }
+    return key;
+  }
+};
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// Strides of a channels-last buffer seen through oneDNN's {N, C, S...} dims.
+memory::dims ChannelsLastStrides(const memory::dims& d) {
+  memory::dims s(d.size());
+  int64_t acc = d[1];
+  s[1] = 1;
+  for (size_t i = d.size() - 1; i >= 2; --i) {
+    s[i] = acc;
+    acc *= d[i];
+  }
+  s[0] = acc;
+  return s;
+}
+
+// Strides of a (K..., I, O) kernel seen through oneDNN's {O, I, K...} dims.
+memory::dims KernelStrides(const memory::dims& d) {
+  memory::dims s(d.size());
+  s[0] = 1;
+  s[1] = d[0];
+  int64_t acc = d[0] * d[1];
+  for (size_t i = d.size() - 1; i >= 2; --i) {
+    s[i] = acc;
+    acc *= d[i];
+  }
+  return s;
+}
+
+struct Plan {
+  dnnl::primitive conv;
+  memory::desc src, dst, user_wei, conv_wei, scratch;
+  bool reorder_wei = false;
+  dnnl::primitive wei_reorder;  // user -> conv layout (forward, backward data) or back
+  size_t scratch_bytes = 0;
+};
+
+std::shared_ptr<Plan> MakePlan(Pass pass, const Geometry& g) {
+  const auto f32 = memory::data_type::f32;
+  auto plan = std::make_shared<Plan>();
+  plan->src = memory::desc(g.src, f32, ChannelsLastStrides(g.src));
+  plan->dst = memory::desc(g.dst, f32, ChannelsLastStrides(g.dst));
+  plan->user_wei = memory::desc(g.wei, f32, KernelStrides(g.wei));
+  const memory::desc any_wei(g.wei, f32, memory::format_tag::any);
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // thread-safe execution
+  const auto alg = dnnl::algorithm::convolution_direct;
+
+  dnnl::convolution_forward::desc fwd_desc(dnnl::prop_kind::forward_training, alg, plan->src,
+                                           any_wei, plan->dst, g.strides, g.dilates, g.pad_l,
+                                           g.pad_r);
+  dnnl::convolution_forward::primitive_desc fwd_pd(fwd_desc, attr, Engine());
+  if (pass == Pass::kForward) {
+    plan->conv = dnnl::convolution_forward(fwd_pd);
+    plan->conv_wei = fwd_pd.weights_desc();
+    plan->scratch = fwd_pd.scratchpad_desc();
+  } else if (pass == Pass::kBackwardData) {
+    dnnl::convolution_backward_data::desc desc(alg, plan->src, any_wei, plan->dst, g.strides,
+                                               g.dilates, g.pad_l, g.pad_r);
+    dnnl::convolution_backward_data::primitive_desc pd(desc, attr, Engine(), fwd_pd);
+    plan->conv = dnnl::convolution_backward_data(pd);
+    plan->conv_wei = pd.weights_desc();
+    plan->scratch = pd.scratchpad_desc();
+  } else {
+    dnnl::convolution_backward_weights::desc desc(alg, plan->src, any_wei, plan->dst,
+                                                  g.strides, g.dilates, g.pad_l, g.pad_r);
+    dnnl::convolution_backward_weights::primitive_desc pd(desc, attr, Engine(), fwd_pd);
+    plan->conv = dnnl::convolution_backward_weights(pd);
+    plan->conv_wei = pd.diff_weights_desc();
+    plan->scratch = pd.scratchpad_desc();
+  }
+  plan->scratch_bytes = plan->scratch.get_size();
+  plan->reorder_wei = plan->conv_wei != plan->user_wei;
+  if (plan->reorder_wei) {
+    const bool to_user = pass == Pass::kBackwardWeights;
+    const memory::desc& from = to_user ? plan->conv_wei : plan->user_wei;
+    const memory::desc& to = to_user ? plan->user_wei : plan->conv_wei;
+    dnnl::reorder::primitive_desc rpd(Engine(), from, Engine(), to, attr);
+    plan->wei_reorder = dnnl::reorder(rpd);
+    plan->scratch_bytes = std::max(plan->scratch_bytes, rpd.scratchpad_desc().get_size());
+  }
+  return plan;
+}
+
+std::shared_ptr<Plan> GetPlan(Pass pass, const Geometry& g) {
+  static std::mutex mu;
+  static auto* cache = new std::unordered_map<std::string, std::shared_ptr<Plan>>();
+  const std::string key = g.Key(pass);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = cache->find(key);
+    if (it != cache->end()) return it->second;
+  }
+  auto plan = MakePlan(pass, g);  // outside the lock: building JIT kernels takes a while
+  std::lock_guard<std::mutex> lock(mu);
+  return cache->emplace(key, plan).first->second;
+}
+
+// A per-thread growable, 64-byte aligned buffer (scratchpads, reordered kernels).
+class Buffer {
+ public:
+  ~Buffer() { std::free(data_); }
+  void* Get(size_t bytes) {
+    if (bytes > size_) {
+      std::free(data_);
+      size_ = (bytes + 63) / 64 * 64;
+      data_ = std::aligned_alloc(64, size_);
+    }
+    return data_;
+  }
+
+ private:
+  void* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+ffi::Error Run(Pass pass, ffi::Span<const int64_t> x_dims, ffi::Span<const int64_t> k_dims,
+               ffi::Span<const int64_t> y_dims, float* x, float* k, float* y,
+               ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
+               ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi) {
+  const size_t nd = x_dims.size() - 2;
+  if (nd < 1 || nd > 3 || k_dims.size() != nd + 2 || y_dims.size() != nd + 2 ||
+      strides.size() != nd || dilation.size() != nd || pad_lo.size() != nd ||
+      pad_hi.size() != nd) {
+    return ffi::Error::InvalidArgument("onednn_conv: inconsistent ranks");
+  }
+  Geometry g;
+  g.src = {x_dims[0], x_dims[nd + 1]};
+  g.wei = {k_dims[nd + 1], k_dims[nd]};
+  g.dst = {y_dims[0], y_dims[nd + 1]};
+  for (size_t i = 0; i < nd; ++i) {
+    g.src.push_back(x_dims[1 + i]);
+    g.wei.push_back(k_dims[i]);
+    g.dst.push_back(y_dims[1 + i]);
+    g.strides.push_back(strides[i]);
+    g.dilates.push_back(dilation[i] - 1);
+    g.pad_l.push_back(pad_lo[i]);
+    g.pad_r.push_back(pad_hi[i]);
+  }
+  for (const memory::dims* d : {&g.src, &g.wei, &g.dst}) {
+    for (int64_t v : *d) {
+      if (v == 0) return ffi::Error::Success();  // empty: nothing to compute
+    }
+  }
+  try {
+    const auto plan = GetPlan(pass, g);
+    thread_local Buffer scratch_buf, wei_buf;
+    thread_local dnnl::stream stream(Engine());
+    dnnl::engine& eng = Engine();
+    memory src(plan->src, eng, x), dst(plan->dst, eng, y), user_wei(plan->user_wei, eng, k);
+    memory scratch(plan->scratch, eng, scratch_buf.Get(plan->scratch_bytes));
+    memory conv_wei = plan->reorder_wei
+                          ? memory(plan->conv_wei, eng, wei_buf.Get(plan->conv_wei.get_size()))
+                          : user_wei;
+    if (pass == Pass::kForward) {
+      if (plan->reorder_wei) {
+        plan->wei_reorder.execute(stream, {{DNNL_ARG_FROM, user_wei},
+                                           {DNNL_ARG_TO, conv_wei},
+                                           {DNNL_ARG_SCRATCHPAD, scratch}});
+      }
+      plan->conv.execute(stream, {{DNNL_ARG_SRC, src},
+                                  {DNNL_ARG_WEIGHTS, conv_wei},
+                                  {DNNL_ARG_DST, dst},
+                                  {DNNL_ARG_SCRATCHPAD, scratch}});
+    } else if (pass == Pass::kBackwardData) {
+      if (plan->reorder_wei) {
+        plan->wei_reorder.execute(stream, {{DNNL_ARG_FROM, user_wei},
+                                           {DNNL_ARG_TO, conv_wei},
+                                           {DNNL_ARG_SCRATCHPAD, scratch}});
+      }
+      plan->conv.execute(stream, {{DNNL_ARG_DIFF_DST, dst},
+                                  {DNNL_ARG_WEIGHTS, conv_wei},
+                                  {DNNL_ARG_DIFF_SRC, src},
+                                  {DNNL_ARG_SCRATCHPAD, scratch}});
+    } else {
+      plan->conv.execute(stream, {{DNNL_ARG_SRC, src},
+                                  {DNNL_ARG_DIFF_DST, dst},
+                                  {DNNL_ARG_DIFF_WEIGHTS, conv_wei},
+                                  {DNNL_ARG_SCRATCHPAD, scratch}});
+      if (plan->reorder_wei) {
+        plan->wei_reorder.execute(stream, {{DNNL_ARG_FROM, conv_wei},
+                                           {DNNL_ARG_TO, user_wei},
+                                           {DNNL_ARG_SCRATCHPAD, scratch}});
+      }
+    }
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("onednn_conv: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+using F32 = ffi::Buffer<ffi::F32>;
+using Ints = ffi::Span<const int64_t>;
+
+ffi::Error Forward(F32 x, F32 k, ffi::ResultBuffer<ffi::F32> y, Ints strides, Ints dilation,
+                   Ints pad_lo, Ints pad_hi) {
+  return Run(Pass::kForward, x.dimensions(), k.dimensions(), y->dimensions(), x.typed_data(),
+             k.typed_data(), y->typed_data(), strides, dilation, pad_lo, pad_hi);
+}
+
+ffi::Error BackwardData(F32 dy, F32 k, ffi::ResultBuffer<ffi::F32> dx, Ints strides,
+                        Ints dilation, Ints pad_lo, Ints pad_hi) {
+  return Run(Pass::kBackwardData, dx->dimensions(), k.dimensions(), dy.dimensions(),
+             dx->typed_data(), k.typed_data(), dy.typed_data(), strides, dilation, pad_lo,
+             pad_hi);
+}
+
+ffi::Error BackwardWeights(F32 x, F32 dy, ffi::ResultBuffer<ffi::F32> dk, Ints strides,
+                           Ints dilation, Ints pad_lo, Ints pad_hi) {
+  return Run(Pass::kBackwardWeights, x.dimensions(), dk->dimensions(), dy.dimensions(),
+             x.typed_data(), dk->typed_data(), dy.typed_data(), strides, dilation, pad_lo,
+             pad_hi);
+}
+
+}  // namespace
+
+#define ONEDNN_CONV_BINDING                                                      \
+  ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>().Attr<Ints>("strides").Attr<Ints>( \
+      "dilation").Attr<Ints>("pad_lo").Attr<Ints>("pad_hi")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForward, Forward, ONEDNN_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBackwardData, BackwardData, ONEDNN_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBackwardWeights, BackwardWeights, ONEDNN_CONV_BINDING);

@@ -1,0 +1,121 @@
+"""oneDNN convolutions (kernels/onednn.py): the same numbers as XLA's, in every pass."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from conftest import load_results, overrides, run_main
+
+from kernels import onednn  # noqa: E402  (conftest puts the repository on sys.path)
+
+pytestmark = pytest.mark.skipif(
+    onednn.load_error() is not None and not os.environ.get('CI'),
+    reason=f'oneDNN kernels not built: {onednn.load_error()}')
+
+
+@pytest.fixture
+def use_onednn():
+  assert onednn.select('onednn') == 'onednn'
+  yield
+  onednn.select('xla')
+
+
+def _dnums(nd):
+  spatial = 'DHW'[3 - nd:]
+  return (f'N{spatial}C', f'{spatial}IO', f'N{spatial}C')
+
+
+# (input shape, kernel shape, strides, padding, kernel dilation)
+GEOMETRIES = [
+    ((3, 9, 10, 3), (3, 3, 3, 8), (1, 1), 'SAME', (1, 1)),          # SimpleNet's 3x3, RGB in
+    ((2, 11, 9, 5), (3, 2, 5, 7), (2, 1), [(1, 2), (0, 1)], (1, 2)),  # strided, asymmetric, dilated
+    ((3, 8, 8, 16), (1, 1, 16, 4), (1, 1), 'VALID', (1, 1)),        # 1x1
+    ((2, 7, 7, 4), (4, 4, 4, 6), (2, 2), 'SAME', (1, 1)),           # even kernel, SAME
+    ((2, 13, 6), (5, 6, 3), (3,), [(2, 2)], (1,)),                   # 1-D
+    ((1, 5, 6, 7, 2), (3, 3, 3, 2, 4), (1, 2, 1), 'SAME', (1, 1, 1)),  # 3-D
+]
+
+
+@pytest.mark.parametrize('xs,ks,strides,padding,dilation', GEOMETRIES)
+def test_forward_and_both_gradients_match_xla(use_onednn, xs, ks, strides, padding, dilation):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=xs), jnp.float32)
+  k = jnp.asarray(rng.normal(size=ks), jnp.float32)
+  dn = lax.conv_dimension_numbers(xs, ks, _dnums(len(xs) - 2))
+
+  def loss(conv):
+    def f(x, k):
+      y = conv(x, k, strides, padding, rhs_dilation=dilation, dimension_numbers=dn)
+      return jnp.sum(jnp.sin(y)), y  # a non-trivial output gradient
+    return jax.jit(jax.grad(f, argnums=(0, 1), has_aux=True))
+
+  (dx0, dk0), y0 = loss(lax.conv_general_dilated)(x, k)
+  (dx1, dk1), y1 = loss(onednn.conv_general_dilated)(x, k)
+  assert 'onednn_conv_fwd' in str(jax.jit(loss(onednn.conv_general_dilated)).lower(x, k).as_text())
+  for a, b in ((y0, y1), (dx0, dx1), (dk0, dk1)):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * float(jnp.abs(a).max()))
+
+
+def test_calls_oneDNN_cannot_serve_fall_through_to_xla(use_onednn):
+  x = jnp.ones((2, 6, 6, 4), jnp.float32)
+  k = jnp.ones((3, 3, 2, 8), jnp.float32)
+  dn = lax.conv_dimension_numbers(x.shape, k.shape, ('NHWC', 'HWIO', 'NHWC'))
+  grouped = lambda x, k: onednn.conv_general_dilated(x, k, (1, 1), 'SAME', dimension_numbers=dn,
+                                                     feature_group_count=2)
+  bf16 = lambda x, k: onednn.conv_general_dilated(
+      x.astype(jnp.bfloat16), k[:, :, :1].repeat(4, 2).astype(jnp.bfloat16), (1, 1), 'SAME',
+      dimension_numbers=dn)
+  for f in (grouped, bf16):
+    assert 'onednn_conv' not in jax.jit(f).lower(x, k).as_text()
+  np.testing.assert_allclose(
+      grouped(x, k), lax.conv_general_dilated(x, k, (1, 1), 'SAME', dimension_numbers=dn,
+                                              feature_group_count=2))
+
+
+def test_select_rules():
+  assert onednn.select('xla') == 'xla' and not onednn.active()
+  assert onednn.select('auto') == 'onednn'  # this test process has one CPU device
+  onednn.select('xla')
+
+
+def test_training_with_onednn_convolutions_matches_xla(tmp_path):
+  runs = {}
+  for impl in ('xla', 'onednn'):
+    workdir = str(tmp_path / impl)
+    run_main([f'--workdir={workdir}', *overrides(num_train_steps=10, conv_impl=impl)])
+    runs[impl] = load_results(workdir)
+  assert runs['onednn']['conv_impl'] == 'onednn' and runs['xla']['conv_impl'] == 'xla'
+  a = np.array([l for _, l, _ in runs['xla']['train_log']])
+  b = np.array([l for _, l, _ in runs['onednn']['train_log']])
+  assert len(a) >= 5
+  np.testing.assert_allclose(b, a, rtol=1e-4)
+
+
+def test_onednn_refused_with_several_devices_and_auto_falls_back(tmp_path):
+  proc = run_main([f'--workdir={tmp_path / "a"}', *overrides(conv_impl='onednn', batch_size=16)],
+                  devices=2, check=False)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1].startswith('error: conv_impl=onednn is unavailable')
+  assert not os.path.exists(tmp_path / 'a' / 'checkpoints')
+  workdir = str(tmp_path / 'b')
+  run_main([f'--workdir={workdir}', *overrides(num_train_steps=2)], devices=2)
+  assert load_results(workdir)['conv_impl'] == 'xla'
+
+
+def test_benchmark_counts_flops_of_onednn_convolutions(tmp_path):
+  flops = {}
+  for impl in ('xla', 'onednn'):
+    workdir = str(tmp_path / impl)
+    run_main([f'--workdir={workdir}', '--mode=benchmark', '--benchmark_steps=2',
+              *overrides(conv_impl=impl)])
+    with open(os.path.join(workdir, 'benchmark.json')) as f:
+      b = json.load(f)
+    assert b['conv_impl'] == impl
+    flops[impl] = b['flops_per_step']
+  assert flops['onednn'] == pytest.approx(flops['xla'], rel=0.05)
