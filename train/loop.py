@@ -365,6 +365,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def check_finite():
     bad = int(state.nonfinite_step)
     if bad >= 0:
+      mngr.wait_until_finished()  # the last good save lands before the process exits
+      mngr.close()
       last = mngr.latest_step()
       kept = f'the last good checkpoint (step {last}) is kept' if last is not None else \
           'no checkpoint was written yet'
