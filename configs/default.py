@@ -56,9 +56,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.num_train_steps = 0        # > 0 overrides num_epochs
   c.seed = 0
   c.dtype = 'float32'          # compute dtype: float32 | bfloat16 (parameters stay float32)
-  # Convolution kernels: auto | xla | onednn. auto = oneDNN's (kernels/onednn.py, built by
-  # `make kernels`) on a one-device CPU run, XLA's otherwise; the same math either way.
-  c.conv_impl = 'auto'
+  # Convolution kernels: xla | onednn | auto (oneDNN's when the run can use them: one CPU
+  # device, `make kernels` built). The same math either way; xla is the default because it
+  # measured as fast or faster on the 2-core AVX2 machine (README "Speed").
+  c.conv_impl = 'xla'
 
   c.log_every_steps = 100
   c.eval_every_epochs = 1

@@ -14,7 +14,7 @@ The VJP is first order: gradients w.r.t. inputs and kernels work (training, sali
 adversarial attacks); second derivatives and forward-mode JVPs need `conv_impl='xla'`.
 
 Which implementation a run uses is decided once per process by `select` (config key
-`conv_impl`: 'auto', 'xla' or 'onednn').
+`conv_impl`: 'xla', the default, 'onednn' or 'auto').
 """
 
 from __future__ import annotations
