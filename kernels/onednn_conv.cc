@@ -199,22 +199,17 @@ ffi::Error Run(Pass pass, ffi::Span<const int64_t> x_dims, ffi::Span<const int64
     memory conv_wei = plan->reorder_wei
                           ? memory(plan->conv_wei, eng, wei_buf.Get(plan->conv_wei.get_size()))
                           : user_wei;
+    if (pass != Pass::kBackwardWeights && plan->reorder_wei) {  // kernel in: to oneDNN's layout
+      plan->wei_reorder.execute(stream, {{DNNL_ARG_FROM, user_wei},
+                                         {DNNL_ARG_TO, conv_wei},
+                                         {DNNL_ARG_SCRATCHPAD, scratch}});
+    }
     if (pass == Pass::kForward) {
-      if (plan->reorder_wei) {
-        plan->wei_reorder.execute(stream, {{DNNL_ARG_FROM, user_wei},
-                                           {DNNL_ARG_TO, conv_wei},
-                                           {DNNL_ARG_SCRATCHPAD, scratch}});
-      }
       plan->conv.execute(stream, {{DNNL_ARG_SRC, src},
                                   {DNNL_ARG_WEIGHTS, conv_wei},
                                   {DNNL_ARG_DST, dst},
                                   {DNNL_ARG_SCRATCHPAD, scratch}});
     } else if (pass == Pass::kBackwardData) {
-      if (plan->reorder_wei) {
-        plan->wei_reorder.execute(stream, {{DNNL_ARG_FROM, user_wei},
-                                           {DNNL_ARG_TO, conv_wei},
-                                           {DNNL_ARG_SCRATCHPAD, scratch}});
-      }
       plan->conv.execute(stream, {{DNNL_ARG_DIFF_DST, dst},
                                   {DNNL_ARG_WEIGHTS, conv_wei},
                                   {DNNL_ARG_DIFF_SRC, src},
