@@ -28,7 +28,8 @@ def test_benchmark_mode_writes_benchmark_json(tmp_path):
   assert 0 < b['fraction_of_peak'] < 1.5
   assert abs(b['fraction_of_peak'] - b['achieved_gflops_per_sec'] / b['peak_gflops_per_sec']) < 1e-3
   assert 0 <= b['input_wait_fraction'] < 0.5
-  assert '--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT' in b['xla_flags']
+  assert ('--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT,'
+          'LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_ELTWISE') in b['xla_flags']
   assert b['conv_impl'] in ('onednn', 'xla') and b['malloc'] in ('tcmalloc', 'system')
   assert not os.path.exists(os.path.join(workdir, 'checkpoints'))  # benchmarking trains nothing
 
@@ -43,9 +44,10 @@ def test_bfloat16_compute_tracks_float32_losses(tmp_path):
   assert not np.array_equal(a, b)  # the option really changes the compute dtype
 
 
-def test_eigen_convolutions_train_like_xla_default_ynnpack(tmp_path):
-  # main.py sends XLA CPU convolutions to Eigen (faster here); forcing them back to YNNPACK
-  # must give the same training up to float rounding.
+def test_default_xla_cpu_libraries_train_like_the_alternatives(tmp_path):
+  # main.py sends XLA CPU convolutions to Eigen and reductions/elementwise fusions to YNNPACK
+  # (both faster here); the other assignment (YNNPACK convolutions, XLA's own reduction and
+  # elementwise loops) must give the same training up to float rounding.
   eigen, ynn = str(tmp_path / 'eigen'), str(tmp_path / 'ynn')
   run_main([f'--workdir={eigen}', *overrides(num_train_steps=10, conv_impl='xla')])
   run_main([f'--workdir={ynn}', *overrides(num_train_steps=10, conv_impl='xla')], env_extra={
