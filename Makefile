@@ -7,6 +7,11 @@ PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 WORKDIR ?= runs/default
+# $(call apt_install,TEST,PACKAGES): install Debian PACKAGES unless the shell TEST passes or
+# there is no apt-get (then the feature that needs them falls back or skips).
+apt_install = @if ! { $(1); } >/dev/null 2>&1 && command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(2); \
+	fi
 
 .PHONY: run test setup data tcmalloc slurm kernels
 run: setup
@@ -23,9 +28,7 @@ KERNEL_LIB := kernels/build/libonednn_conv.so
 kernels: $(KERNEL_LIB)
 
 $(KERNEL_LIB): kernels/onednn_conv.cc $(VENV)/.installed
-	@if [ ! -f /usr/include/oneapi/dnnl/dnnl.hpp ] && command -v apt-get >/dev/null; then \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libdnnl-dev g++; \
-	fi
+	$(call apt_install,[ -f /usr/include/oneapi/dnnl/dnnl.hpp ],libdnnl-dev g++)
 	mkdir -p $(dir $@)
 	g++ -O2 -std=c++17 -shared -fPIC -w -I"$$($(PY) -c 'import jax; print(jax.ffi.include_dir())')" \
 	  $< -ldnnl -o $@.tmp && mv $@.tmp $@
@@ -37,20 +40,14 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 data:
-	@if [ ! -f $(FMNIST) ] && command -v apt-get >/dev/null; then \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
-	fi
+	$(call apt_install,[ -f $(FMNIST) ],dataset-fashion-mnist)
+
+# main.py re-executes itself with tcmalloc preloaded when it is installed (see its header).
+tcmalloc:
+	$(call apt_install,ls /usr/lib/*/libtcmalloc_minimal.so.4,libtcmalloc-minimal4)
 
 # SLURM client and daemons for tests/test_slurm.py, which starts its own one-node cluster
 # (scripts/slurm_local.sh). Not part of `setup`: it installs system daemons, so a laptop
 # opts in; .ci/run always does, and there the SLURM test fails instead of skipping.
-# main.py re-executes itself with tcmalloc preloaded when it is installed (see its header).
-tcmalloc:
-	@if ! ls /usr/lib/*/libtcmalloc_minimal.so.4 >/dev/null 2>&1 && command -v apt-get >/dev/null; then \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libtcmalloc-minimal4; \
-	fi
-
 slurm:
-	@if ! command -v sbatch >/dev/null && command -v apt-get >/dev/null; then \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq slurm-wlm munge; \
-	fi
+	$(call apt_install,command -v sbatch,slurm-wlm munge)

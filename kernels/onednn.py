@@ -77,11 +77,16 @@ def select(impl: str) -> str:
   if reason and impl == 'onednn':
     raise UserError(f'conv_impl=onednn is unavailable: {reason}')
   _active = reason is None
-  return 'onednn' if _active else 'xla'
+  return current()
 
 
 def active() -> bool:
   return _active
+
+
+def current() -> str:
+  """The convolution implementation this process uses: 'onednn' or 'xla'."""
+  return 'onednn' if _active else 'xla'
 
 
 @contextlib.contextmanager

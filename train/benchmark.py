@@ -129,7 +129,7 @@ def run(config, workdir: str, steps: int = 30, warmup: int = 3) -> dict:
       'compile_time_s': round(compile_time, 3),
       'input_wait_fraction': round(t_input / wall, 5),
       'timed_steps': steps,
-      'conv_impl': 'onednn' if onednn.active() else 'xla',
+      'conv_impl': onednn.current(),
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
       'malloc': loop.malloc(),
       'backend': jax.default_backend(),

@@ -352,7 +352,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info('Model %s: %s parameters. Data %s: %d train / %d test, %d steps/epoch, '
                  '%d steps, %d devices, %s convolutions, %s malloc.', config.model.name,
                  f'{n_params:,}', info.name, train.labels.shape[0], test.labels.shape[0],
-                 steps_per_epoch, total_steps, n_dev, 'oneDNN' if onednn.active() else 'XLA',
+                 steps_per_epoch, total_steps, n_dev, onednn.current(),
                  malloc())
 
   train_step = make_train_step(model, tx, config, steps_per_epoch, mesh)
@@ -462,7 +462,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'epochs': round(total_steps / steps_per_epoch, 3),
       'num_devices': n_dev,
       'num_processes': jax.process_count(),
-      'conv_impl': 'onednn' if onednn.active() else 'xla',
+      'conv_impl': onednn.current(),
       'malloc': malloc(),
       'history': history,
       'train_log': meta['train_log'],  # [step, mean loss, accuracy] over each log interval
