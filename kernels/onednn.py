@@ -30,6 +30,7 @@ import numpy as np
 from jax import lax
 
 from errors import UserError
+from kernels import xla_conv
 
 LIBRARY = pathlib.Path(__file__).resolve().parent / 'build' / 'libonednn_conv.so'
 IMPLS = ('auto', 'xla', 'onednn')
@@ -137,17 +138,12 @@ def _conv_bwd(geometry, residuals, dy):
 conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def _channels_last(nd: int, dimension_numbers) -> bool:
-  spec = lax.ConvDimensionNumbers(lhs_spec=(0, nd + 1) + tuple(range(1, nd + 1)),
-                                  rhs_spec=(nd + 1, nd) + tuple(range(nd)),
-                                  out_spec=(0, nd + 1) + tuple(range(1, nd + 1)))
-  return dimension_numbers == spec
-
-
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                         batch_group_count=1, precision=None, preferred_element_type=None):
-  """`lax.conv_general_dilated`, through oneDNN when `select` chose it and the call fits."""
+                         batch_group_count=1, precision=None, preferred_element_type=None,
+                         fallback=lax.conv_general_dilated):
+  """`lax.conv_general_dilated`, through oneDNN when `select` chose it and the call fits;
+  otherwise through `fallback` (same signature)."""
   nd = lhs.ndim - 2
   lhs_dilation = tuple(lhs_dilation or (1,) * nd)
   rhs_dilation = tuple(rhs_dilation or (1,) * nd)
@@ -155,14 +151,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   fits = (_active and 1 <= nd <= 3 and lhs.dtype == rhs.dtype == jnp.float32
           and preferred_element_type in (None, jnp.float32) and feature_group_count == 1
           and batch_group_count == 1 and set(lhs_dilation) == {1}
-          and _channels_last(nd, dnums))
+          and xla_conv.channels_last(nd, dnums))
   if not fits:
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
-                                    rhs_dilation, dimension_numbers, feature_group_count,
-                                    batch_group_count, precision, preferred_element_type)
-  if isinstance(padding, str):
-    dilated = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:nd], rhs_dilation)]
-    padding = lax.padtype_to_pads(lhs.shape[1:-1], dilated, window_strides, padding)
-  lo, hi = zip(*padding)
+    return fallback(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                    dimension_numbers, feature_group_count, batch_group_count, precision,
+                    preferred_element_type)
+  lo, hi = zip(*xla_conv.explicit_padding(lhs, rhs, window_strides, padding, rhs_dilation))
   geometry = (tuple(window_strides), rhs_dilation, tuple(lo), tuple(hi))
   return conv(lhs, rhs, geometry)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from errors import UserError
-from kernels import onednn
+from kernels import onednn, xla_conv
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     'relu': nn.relu,
@@ -105,10 +105,13 @@ class ConvNormAct(nn.Module):
       # Symmetric, as PyTorch pads: the same sizes as XLA's SAME, but a strided conv then
       # samples the positions a stride-2 slice (ResNet's option-A shortcut) keeps.
       padding = self.kernel // 2
+    conv = onednn.conv_general_dilated
+    if train:  # XLA CPU lowering choices (kernels/xla_conv.py); inference keeps the plain conv
+      conv = functools.partial(conv, fallback=xla_conv.conv_general_dilated)
     x = nn.Conv(self.features, tuple_nd(self.kernel, nd), strides=tuple_nd(self.stride, nd),
                 padding=padding, use_bias=self.use_bias,
                 kernel_init=initializer(self.kernel_init), dtype=self.dtype,
-                conv_general_dilated=onednn.conv_general_dilated)(x)
+                conv_general_dilated=conv)(x)
     if self.norm == 'batch':
       x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                        epsilon=self.bn_epsilon, dtype=self.dtype)(x)

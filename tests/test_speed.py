@@ -123,3 +123,95 @@ def test_simplenet_pooling_has_no_reduce_window_or_select_and_scatter():
 
   text = str(jax.make_jaxpr(jax.grad(loss))(variables['params']))
   assert 'select_and_scatter' not in text and 'reduce_window' not in text
+
+
+def _conv_args(nd, padding):
+  spec = 'DHW'[-nd:]
+  return dict(window_strides=(1,) * nd, padding=padding,
+              dimension_numbers=(f'N{spec}C', f'{spec}IO', f'N{spec}C'))
+
+
+@pytest.mark.parametrize('x_shape,k_shape,padding', [
+    ((4, 2, 2, 16), (3, 3, 16, 8), 'SAME'),          # SimpleNet-5M's last conv, scaled down
+    ((4, 1, 1, 16), (3, 3, 16, 8), 'SAME'),          # only the centre tap sees data
+    ((4, 2, 1, 16), (3, 3, 16, 8), ((2, 0), (1, 1))),
+    ((4, 2, 2, 16), (5, 5, 16, 8), 'SAME'),
+    ((4, 2, 2, 16), (3, 3, 16, 8), 'VALID'),         # empty output: plain path
+    ((4, 2, 16), (3, 16, 8), 'SAME'),                # 1-D
+    ((2, 2, 2, 2, 4), (3, 3, 3, 4, 5), 'SAME'),      # 3-D
+    ((4, 8, 8, 16), (3, 3, 16, 8), 'SAME'),          # not tiny: Eigen + reduce_precision
+])
+def test_xla_conv_lowering_equals_lax_conv(x_shape, k_shape, padding):
+  from kernels import xla_conv
+  kx, kk = jax.random.split(jax.random.PRNGKey(0))
+  x, k = jax.random.normal(kx, x_shape), jax.random.normal(kk, k_shape)
+  args = _conv_args(len(x_shape) - 2, padding)
+  ref = lambda x, k: jax.lax.conv_general_dilated(x, k, **args)
+  new = lambda x, k: xla_conv.conv_general_dilated(x, k, **args)
+  loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))
+  close = lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5 * (1 + np.abs(b).max(initial=0)))
+  close(new(x, k), ref(x, k))
+  for a, b in zip(jax.grad(loss(new), (0, 1))(x, k), jax.grad(loss(ref), (0, 1))(x, k)):
+    close(a, b)
+  if max(x_shape[1:-1]) > xla_conv.TINY_SIDE:  # an exact identity around the same convolution
+    np.testing.assert_array_equal(np.asarray(jax.jit(new)(x, k)), np.asarray(jax.jit(ref)(x, k)))
+
+
+def test_training_convolutions_stay_out_of_ynnpack_fusions():
+  # With main.py's LIBRARY_FUSION_TYPE_ELTWISE, XLA pulls a conv that feeds a bias add into a
+  # YNNPACK fusion (slower than Eigen for these layers); the training-time lowering keeps it a
+  # plain convolution. Checked in a fresh process, where the flag takes effect.
+  import subprocess
+  import sys
+  from conftest import REPO
+  script = r'''
+import re, sys, jax, jax.numpy as jnp
+from jax import lax
+from kernels import xla_conv
+dn = ('NHWC', 'HWIO', 'NHWC')
+def absorbed(conv):
+  f = lambda x, k, b: conv(x, k, (1, 1), 'SAME', dimension_numbers=dn) + b
+  text = jax.jit(f).lower(jnp.ones((8, 8, 8, 32)), jnp.ones((3, 3, 32, 16)),
+                          jnp.ones(16)).compile().as_text()
+  bodies = {m.group(1): m.group(0) for m in re.finditer(r'^(%\S+) .*?^}', text, re.S | re.M)}
+  ynn_calls = [c for line in text.splitlines() if '__ynn_fusion' in line
+               for c in re.findall(r'calls=(%[\w.]+)', line)]
+  return any('convolution(' in bodies.get(c, '') for c in ynn_calls)
+print(absorbed(lax.conv_general_dilated), absorbed(xla_conv.conv_general_dilated))
+'''
+  env = dict(os.environ, XLA_FLAGS=(
+      '--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT,'
+      'LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_ELTWISE'), PYTHONPATH=str(REPO))
+  out = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True,
+                       check=True, cwd=REPO).stdout.split()
+  assert out == ['True', 'False'], out
+
+
+def test_simplenet_trains_alike_with_and_without_the_cpu_conv_lowering(monkeypatch):
+  # SimpleNet-5M's layout at 32x32 ends on a 2x2 map (the tiny path) after wide layers (the
+  # reduce_precision path); the same loss and gradients with both lowerings switched off.
+  from kernels import xla_conv
+  cfg = common.model_config('simplenet_cifar_5m')
+  cfg.width_multiplier = 0.125
+  model = models.create(cfg, 10)
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 32, 32, 3))
+  labels = jnp.arange(4)
+  variables = model.init(jax.random.PRNGKey(1), x, train=False)
+
+  def loss_and_grad():
+    def loss(params):
+      logits, _ = model.apply({**variables, 'params': params}, x, train=True,
+                              mutable=['batch_stats'])
+      return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), labels])
+    return jax.jit(jax.value_and_grad(loss))(variables['params'])
+
+  fast = loss_and_grad()
+  text = str(jax.make_jaxpr(lambda v: model.apply(v, x, train=True, mutable=['batch_stats']))(
+      variables))
+  assert 'reduce_precision' in text and 'concatenate' in text  # both lowerings were used
+  monkeypatch.setattr(xla_conv, 'TINY_SIDE', 0)
+  monkeypatch.setattr(xla_conv, 'MIN_EIGEN_IN_CHANNELS', 10 ** 9)
+  plain = loss_and_grad()
+  np.testing.assert_allclose(fast[0], plain[0], rtol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(fast[1]), jax.tree_util.tree_leaves(plain[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
