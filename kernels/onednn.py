@@ -9,7 +9,8 @@ BatchNorm, activation and pooling around them.
 
 Covered: f32, channels-last inputs with (spatial..., in, out) kernels (Flax's nn.Conv),
 1-3 spatial dims, any stride, padding and kernel dilation, one feature group. Anything else
-(bf16, grouped or transposed convolutions) falls through to `lax.conv_general_dilated`.
+(bf16, grouped or transposed convolutions) falls through to XLA (`kernels/xla_conv.py` in
+training steps, `lax.conv_general_dilated` otherwise).
 The VJP is first order: gradients w.r.t. inputs and kernels work (training, saliency,
 adversarial attacks); second derivatives and forward-mode JVPs need `conv_impl='xla'`.
 
