@@ -13,6 +13,7 @@ import pytest
 from conftest import load_results, overrides, run_main
 
 import models  # noqa: E402  (conftest puts the repository on sys.path)
+from kernels import xla_conv  # noqa: E402
 from configs import common  # noqa: E402
 from models import layers  # noqa: E402
 
@@ -142,7 +143,6 @@ def _conv_args(nd, padding):
     ((4, 8, 8, 16), (3, 3, 16, 8), 'SAME'),          # not tiny: Eigen + reduce_precision
 ])
 def test_xla_conv_lowering_equals_lax_conv(x_shape, k_shape, padding):
-  from kernels import xla_conv
   kx, kk = jax.random.split(jax.random.PRNGKey(0))
   x, k = jax.random.normal(kx, x_shape), jax.random.normal(kk, k_shape)
   args = _conv_args(len(x_shape) - 2, padding)
@@ -190,7 +190,6 @@ print(absorbed(lax.conv_general_dilated), absorbed(xla_conv.conv_general_dilated
 def test_simplenet_trains_alike_with_and_without_the_cpu_conv_lowering(monkeypatch):
   # SimpleNet-5M's layout at 32x32 ends on a 2x2 map (the tiny path) after wide layers (the
   # reduce_precision path); the same loss and gradients with both lowerings switched off.
-  from kernels import xla_conv
   cfg = common.model_config('simplenet_cifar_5m')
   cfg.width_multiplier = 0.125
   model = models.create(cfg, 10)
