@@ -1,5 +1,7 @@
 """The training system end to end: results, real data, TFDS, resume, non-finite stop, bad input."""
 
+import glob
+import importlib.util
 import os
 import signal
 import subprocess
@@ -26,6 +28,33 @@ def test_config_argument_sets_fields_and_rejects_unknown_keys():
     default.get_config('model.nope=1')
   with pytest.raises(UserError, match='expected a int'):
     default.get_config('batch_size=big')
+
+
+# Every config file users launch, with the parameter count of the model it builds (the README
+# quotes these); a new config file gets a line here.
+SHIPPED_CONFIGS = {'default.py': 311_210, 'simplenet_cifar10.py': 5_498_378,
+                   'fashion_mnist_fast.py': 311_210}
+
+
+def test_shipped_configs_validate_and_build_their_documented_models(tmp_path):
+  import jax
+  import models
+  from models.summary import count_params
+  from train import loop
+  paths = [p for p in glob.glob(os.path.join(REPO, 'configs', '*.py'))
+           if 'def get_config' in open(p).read()]
+  assert sorted(map(os.path.basename, paths)) == sorted(SHIPPED_CONFIGS)
+  for path in paths:
+    name = os.path.basename(path)
+    spec = importlib.util.spec_from_file_location(name[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    info = loop.validate(c, str(tmp_path / name), need_data=False)
+    model = models.create(c.model, info.num_classes)
+    x = jax.numpy.zeros((1, *info.shape))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    assert count_params(variables['params']) == SHIPPED_CONFIGS[name], name
 
 
 def test_run_writes_results_config_and_tensorboard(workdir):
