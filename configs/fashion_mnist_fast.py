@@ -6,7 +6,7 @@ small share of the 30-minute budget. Measured numbers in README.md ("Speed").
 
 The layout moves SimpleNet-310K's first pool up to after its second conv and narrows the stem to
 32: 292,298 parameters and half the FLOPs per step (7.4 vs 14.9 GFLOP at batch 64), so 15 epochs
-cost less wall time than the full net's 11 and reach a little higher. Weight decay skips biases
+cost less wall time than the full net's 11 for about the same accuracy. Weight decay skips biases
 and BatchNorm scales (`weight_decay_on='kernels'`).
 
 Weight EMA (`ema_decay`) is off: measured on a 10-epoch run, the EMA weights scored 93.62% with
