@@ -4,7 +4,8 @@ PyTorch baseline (bench/pytorch_simplenet.py), alternating runs so both see the 
   python bench/compare.py --torch_python=.venv-torch/bin/python --rounds=3 [--xla_flags=...]
 
 Each round runs PyTorch with glibc's malloc and with tcmalloc preloaded (this project's main.py
-preloads tcmalloc itself, so the second is the like-for-like one), then this project once per
+preloads tcmalloc itself, with TCMALLOC_RELEASE_RATE=0, and the second run gets the same, so it
+is the like-for-like one), then this project once per
 `--conv_impls` entry (oneDNN's and XLA's convolutions by default). Writes
 bench/results/compare.json and prints a markdown table (median of rounds).
 """
@@ -38,7 +39,10 @@ def jax_run(model: str, batch: int, steps: int, xla_flags: str, conv_impl: str,
 
 
 def torch_run(python: str, model: str, batch: int, steps: int, preload: str = '') -> dict:
-  env = dict(os.environ, LD_PRELOAD=preload) if preload else None
+  # With tcmalloc, the settings main.py gives itself (no release of freed memory to the OS).
+  env = (dict(os.environ, LD_PRELOAD=preload,
+              TCMALLOC_RELEASE_RATE=os.environ.get('TCMALLOC_RELEASE_RATE', '0'))
+         if preload else None)
   out = subprocess.run([python, os.path.join(REPO, 'bench', 'pytorch_simplenet.py'),
                         f'--model={model}', f'--batch_size={batch}', f'--steps={steps}'],
                        check=True, capture_output=True, text=True, env=env).stdout

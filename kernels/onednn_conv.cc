@@ -8,7 +8,8 @@
 // small next to activations). Primitives are built once per geometry and cached.
 //
 // Build: see the `kernels` target of the Makefile (g++ against Debian's libdnnl-dev and the
-// FFI headers that ship with jaxlib).
+// FFI headers that ship with jaxlib). Compiles against oneDNN 2.x (Debian's 2.6) and 3.x (tested
+// with 3.2 from PyPI's onednn-cpu-gomp; measured slower inside the train step, README "Speed").
 
 #include <cstdint>
 #include <cstdlib>
@@ -93,25 +94,43 @@ std::shared_ptr<Plan> MakePlan(Pass pass, const Geometry& g) {
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // thread-safe execution
   const auto alg = dnnl::algorithm::convolution_direct;
 
+#if DNNL_VERSION_MAJOR >= 3  // 3.x builds primitive descriptors directly from the engine
+  dnnl::convolution_forward::primitive_desc fwd_pd(
+      Engine(), dnnl::prop_kind::forward_training, alg, plan->src, any_wei, plan->dst,
+      g.strides, g.dilates, g.pad_l, g.pad_r, attr);
+#else
   dnnl::convolution_forward::desc fwd_desc(dnnl::prop_kind::forward_training, alg, plan->src,
                                            any_wei, plan->dst, g.strides, g.dilates, g.pad_l,
                                            g.pad_r);
   dnnl::convolution_forward::primitive_desc fwd_pd(fwd_desc, attr, Engine());
+#endif
   if (pass == Pass::kForward) {
     plan->conv = dnnl::convolution_forward(fwd_pd);
     plan->conv_wei = fwd_pd.weights_desc();
     plan->scratch = fwd_pd.scratchpad_desc();
   } else if (pass == Pass::kBackwardData) {
+#if DNNL_VERSION_MAJOR >= 3
+    dnnl::convolution_backward_data::primitive_desc pd(Engine(), alg, plan->src, any_wei,
+                                                       plan->dst, g.strides, g.dilates,
+                                                       g.pad_l, g.pad_r, fwd_pd, attr);
+#else
     dnnl::convolution_backward_data::desc desc(alg, plan->src, any_wei, plan->dst, g.strides,
                                                g.dilates, g.pad_l, g.pad_r);
     dnnl::convolution_backward_data::primitive_desc pd(desc, attr, Engine(), fwd_pd);
+#endif
     plan->conv = dnnl::convolution_backward_data(pd);
     plan->conv_wei = pd.weights_desc();
     plan->scratch = pd.scratchpad_desc();
   } else {
+#if DNNL_VERSION_MAJOR >= 3
+    dnnl::convolution_backward_weights::primitive_desc pd(Engine(), alg, plan->src, any_wei,
+                                                          plan->dst, g.strides, g.dilates,
+                                                          g.pad_l, g.pad_r, fwd_pd, attr);
+#else
     dnnl::convolution_backward_weights::desc desc(alg, plan->src, any_wei, plan->dst,
                                                   g.strides, g.dilates, g.pad_l, g.pad_r);
     dnnl::convolution_backward_weights::primitive_desc pd(desc, attr, Engine(), fwd_pd);
+#endif
     plan->conv = dnnl::convolution_backward_weights(pd);
     plan->conv_wei = pd.diff_weights_desc();
     plan->scratch = pd.scratchpad_desc();

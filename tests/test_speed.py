@@ -71,6 +71,8 @@ def test_main_preloads_tcmalloc_and_it_changes_no_numbers(tmp_path):
            env_extra={'CNN_LAB_MALLOC': 'system'})
   a, b = load_results(tc), load_results(system)
   assert (a['malloc'], b['malloc']) == ('tcmalloc', 'system')
+  # Freed memory stays mapped (no page faults to map it again each step).
+  assert (a['tcmalloc_release_rate'], b['tcmalloc_release_rate']) == ('0', None)
   assert a['train_log'] == b['train_log']  # the allocator changes speed, never results
 
 

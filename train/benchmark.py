@@ -132,6 +132,7 @@ def run(config, workdir: str, steps: int = 30, warmup: int = 3) -> dict:
       'conv_impl': onednn.current(),
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
       'malloc': loop.malloc(),
+      'tcmalloc_release_rate': loop.tcmalloc_release_rate(),
       'backend': jax.default_backend(),
   }
   if distributed.is_main_process():

@@ -73,6 +73,11 @@ def malloc() -> str:
   return 'tcmalloc' if 'tcmalloc' in os.environ.get('LD_PRELOAD', '') else 'system'
 
 
+def tcmalloc_release_rate() -> str | None:
+  """TCMALLOC_RELEASE_RATE under tcmalloc (main.py sets '0': freed memory stays mapped)."""
+  return os.environ.get('TCMALLOC_RELEASE_RATE') if malloc() == 'tcmalloc' else None
+
+
 def check_workdir(workdir: str) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -464,6 +469,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'num_processes': jax.process_count(),
       'conv_impl': onednn.current(),
       'malloc': malloc(),
+      'tcmalloc_release_rate': tcmalloc_release_rate(),
       'history': history,
       'train_log': meta['train_log'],  # [step, mean loss, accuracy] over each log interval
       'config': json.loads(config.to_json()),
