@@ -14,8 +14,8 @@ import sys
 # When Debian's libtcmalloc-minimal4 is installed (`make setup` installs it) the process re-executes
 # itself once with it preloaded; CNN_LAB_MALLOC=system keeps glibc's malloc. It also runs with
 # TCMALLOC_RELEASE_RATE=0: by default tcmalloc hands freed spans back to the OS little by little
-# and the next step faults them in again (zeroing up to ~30k pages a step); measured ~7% more
-# SimpleNet-310K steps/s without it (README "Speed", change 8). A value in the environment wins.
+# and the next step faults them in again (up to ~30k page faults a step); measured 7-16% more
+# SimpleNet-310K img/s without it (README "Speed", change 8). A value in the environment wins.
 TCMALLOC = next(iter(sorted(glob.glob('/usr/lib/*/libtcmalloc_minimal.so.4'))), None)
 if (__name__ == '__main__' and TCMALLOC and os.environ.get('CNN_LAB_MALLOC') != 'system'
     and 'tcmalloc' not in os.environ.get('LD_PRELOAD', '')):

@@ -5,9 +5,9 @@ PyTorch baseline (bench/pytorch_simplenet.py), alternating runs so both see the 
 
 Each round runs PyTorch with glibc's malloc and with tcmalloc preloaded (this project's main.py
 preloads tcmalloc itself, with TCMALLOC_RELEASE_RATE=0, and the second run gets the same, so it
-is the like-for-like one), then this project once per
-`--conv_impls` entry (oneDNN's and XLA's convolutions by default). Writes
-bench/results/compare.json and prints a markdown table (median of rounds).
+is the like-for-like one), then this project once per `--conv_impls` entry (oneDNN's and XLA's
+convolutions by default). Writes bench/results/compare.json and prints a markdown table (median
+of rounds).
 """
 
 import argparse
