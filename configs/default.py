@@ -56,10 +56,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.num_train_steps = 0        # > 0 overrides num_epochs
   c.seed = 0
   c.dtype = 'float32'          # compute dtype: float32 | bfloat16 (parameters stay float32)
-  # Convolution kernels: xla | onednn | auto (oneDNN's when the run can use them: one CPU
-  # device, `make kernels` built). The same math either way; xla is the default because it
-  # measured as fast or faster on the 2-core AVX2 machine (README "Speed").
-  c.conv_impl = 'xla'
+  # Convolution kernels: auto | onednn | xla. auto = oneDNN's on a CPU with AVX-512 when the
+  # run can use them (one CPU device, `make kernels` built), XLA's otherwise: the faster of the
+  # two on each CPU measured (README "Speed"). The same math either way.
+  c.conv_impl = 'auto'
 
   c.log_every_steps = 100
   c.eval_every_epochs = 1

@@ -7,15 +7,17 @@ FFI (kernels/onednn_conv.cc, built by `make kernels`) with a custom VJP: forward
 data and backward weights are one oneDNN primitive each, while XLA keeps fusing the bias,
 BatchNorm, activation and pooling around them.
 
-Covered: f32, channels-last inputs with (spatial..., in, out) kernels (Flax's nn.Conv),
-1-3 spatial dims, any stride, padding and kernel dilation, one feature group. Anything else
-(bf16, grouped or transposed convolutions) falls through to XLA (`kernels/xla_conv.py` in
-training steps, `lax.conv_general_dilated` otherwise).
+Covered: f32, and bf16 where the CPU runs oneDNN's bf16 convolutions (AVX-512; AVX512-BF16
+and AMX make them fast: `supports_bf16`), channels-last inputs with (spatial..., in, out)
+kernels (Flax's nn.Conv), 1-3 spatial dims, any stride, padding and kernel dilation, one
+feature group. Anything else (mixed dtypes, bf16 elsewhere, grouped or transposed
+convolutions) falls through to XLA (`kernels/xla_conv.py` in training steps,
+`lax.conv_general_dilated` otherwise).
 The VJP is first order: gradients w.r.t. inputs and kernels work (training, saliency,
 adversarial attacks); second derivatives and forward-mode JVPs need `conv_impl='xla'`.
 
 Which implementation a run uses is decided once per process by `select` (config key
-`conv_impl`: 'xla', the default, 'onednn' or 'auto').
+`conv_impl`: 'auto', the default, 'onednn' or 'xla').
 """
 
 from __future__ import annotations
@@ -56,12 +58,32 @@ def load_error() -> str | None:
   return None
 
 
+@functools.cache
+def supports_bf16() -> bool:
+  """Whether this CPU and oneDNN build run bf16 convolutions (all three passes)."""
+  if load_error() is not None:
+    return False
+  return bool(ctypes.cdll.LoadLibrary(str(LIBRARY)).OnednnConvSupportsBf16())
+
+
+@functools.cache
+def cpu_has_avx512() -> bool:
+  """Whether this CPU has AVX-512 (Linux: /proc/cpuinfo's avx512f flag)."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      return any(line.startswith('flags') and ' avx512f' in line for line in f)
+  except OSError:
+    return False
+
+
 def select(impl: str) -> str:
   """Chooses the convolution implementation for this process; returns 'onednn' or 'xla'.
 
-  'auto' takes oneDNN when it can: the CPU backend, one device in the whole run (the FFI
-  call is not partitioned across devices, so data-parallel runs keep XLA's convolutions),
-  and the library built. 'onednn' insists and fails with the reason; 'xla' never uses it.
+  'auto' (the default) takes oneDNN where it measured faster and can run: the CPU backend
+  on a CPU with AVX-512, one device in the whole run (the FFI call is not partitioned across
+  devices, so data-parallel runs keep XLA's convolutions), and the library built. On AVX2-only
+  CPUs XLA's convolutions measured faster (README "Speed"). 'onednn' insists (any x86 CPU) and
+  fails with the reason; 'xla' never uses it.
   """
   global _active
   if impl not in IMPLS:
@@ -69,6 +91,8 @@ def select(impl: str) -> str:
   reason = None
   if impl == 'xla':
     reason = 'conv_impl=xla'
+  elif impl == 'auto' and jax.default_backend() == 'cpu' and not cpu_has_avx512():
+    reason = 'the CPU has no AVX-512 (XLA\'s convolutions measured faster there)'
   elif jax.default_backend() != 'cpu':
     reason = f'the backend is {jax.default_backend()}, not cpu'
   elif jax.device_count() != 1:
@@ -108,7 +132,8 @@ def _out_size(n: int, k: int, stride: int, dilation: int, lo: int, hi: int) -> i
 
 def _call(target: str, shape, *operands, geometry):
   strides, dilation, lo, hi = (np.asarray(v, np.int64) for v in geometry)
-  return jax.ffi.ffi_call(f'onednn_conv_{target}', jax.ShapeDtypeStruct(shape, jnp.float32),
+  dtype = operands[0].dtype  # every operand and the result share it (see `fits` below)
+  return jax.ffi.ffi_call(f'onednn_conv_{target}', jax.ShapeDtypeStruct(shape, dtype),
                           vmap_method='sequential')(
                               *operands, strides=strides, dilation=dilation, pad_lo=lo,
                               pad_hi=hi)
@@ -149,8 +174,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   lhs_dilation = tuple(lhs_dilation or (1,) * nd)
   rhs_dilation = tuple(rhs_dilation or (1,) * nd)
   dnums = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-  fits = (_active and 1 <= nd <= 3 and lhs.dtype == rhs.dtype == jnp.float32
-          and preferred_element_type in (None, jnp.float32) and feature_group_count == 1
+  dtype = lhs.dtype
+  fits = (_active and 1 <= nd <= 3 and rhs.dtype == dtype
+          and (dtype == jnp.float32 or (dtype == jnp.bfloat16 and supports_bf16()))
+          and preferred_element_type in (None, dtype) and feature_group_count == 1
           and batch_group_count == 1 and set(lhs_dilation) == {1}
           and xla_conv.channels_last(nd, dnums))
   if not fits:

@@ -3,7 +3,8 @@
 // Three handlers, one per pass of a convolution: forward, gradient w.r.t. the input
 // (backward data) and gradient w.r.t. the kernel (backward weights). Activations are
 // channels-last (N, spatial..., C) and kernels are XLA/Flax's (spatial..., I, O), for 1, 2
-// or 3 spatial dims, f32, one feature group. oneDNN reads and writes those buffers in place;
+// or 3 spatial dims, f32 or bf16 (all operands of a call alike; bf16 where the CPU has it,
+// see OnednnConvSupportsBf16), one feature group. oneDNN reads and writes those buffers in place;
 // only the kernel is reordered into the blocked layout the primitive asks for (kernels are
 // small next to activations). Primitives are built once per geometry and cached.
 //
@@ -32,10 +33,12 @@ enum class Pass { kForward, kBackwardData, kBackwardWeights };
 // A convolution's geometry in oneDNN's logical order: src {N, C, S...},
 // weights {O, I, K...}, dst {N, O, S'...}; dilation 0 means none.
 struct Geometry {
+  memory::data_type type = memory::data_type::f32;
   memory::dims src, wei, dst, strides, dilates, pad_l, pad_r;
 
   std::string Key(Pass pass) const {
-    std::string key = std::to_string(static_cast<int>(pass));
+    std::string key = std::to_string(static_cast<int>(pass)) + ':' +
+                      std::to_string(static_cast<int>(type));
     for (const memory::dims* d : {&src, &wei, &dst, &strides, &dilates, &pad_l, &pad_r}) {
       key += '|';
       for (int64_t v : *d) key += std::to_string(v) + ',';
@@ -84,12 +87,12 @@ struct Plan {
 };
 
 std::shared_ptr<Plan> MakePlan(Pass pass, const Geometry& g) {
-  const auto f32 = memory::data_type::f32;
+  const auto t = g.type;
   auto plan = std::make_shared<Plan>();
-  plan->src = memory::desc(g.src, f32, ChannelsLastStrides(g.src));
-  plan->dst = memory::desc(g.dst, f32, ChannelsLastStrides(g.dst));
-  plan->user_wei = memory::desc(g.wei, f32, KernelStrides(g.wei));
-  const memory::desc any_wei(g.wei, f32, memory::format_tag::any);
+  plan->src = memory::desc(g.src, t, ChannelsLastStrides(g.src));
+  plan->dst = memory::desc(g.dst, t, ChannelsLastStrides(g.dst));
+  plan->user_wei = memory::desc(g.wei, t, KernelStrides(g.wei));
+  const memory::desc any_wei(g.wei, t, memory::format_tag::any);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // thread-safe execution
   const auto alg = dnnl::algorithm::convolution_direct;
@@ -180,8 +183,9 @@ class Buffer {
   size_t size_ = 0;
 };
 
-ffi::Error Run(Pass pass, ffi::Span<const int64_t> x_dims, ffi::Span<const int64_t> k_dims,
-               ffi::Span<const int64_t> y_dims, float* x, float* k, float* y,
+ffi::Error Run(Pass pass, memory::data_type type, ffi::Span<const int64_t> x_dims,
+               ffi::Span<const int64_t> k_dims, ffi::Span<const int64_t> y_dims, void* x,
+               void* k, void* y,
                ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
                ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi) {
   const size_t nd = x_dims.size() - 2;
@@ -191,6 +195,7 @@ ffi::Error Run(Pass pass, ffi::Span<const int64_t> x_dims, ffi::Span<const int64
     return ffi::Error::InvalidArgument("onednn_conv: inconsistent ranks");
   }
   Geometry g;
+  g.type = type;
   g.src = {x_dims[0], x_dims[nd + 1]};
   g.wei = {k_dims[nd + 1], k_dims[nd]};
   g.dst = {y_dims[0], y_dims[nd + 1]};
@@ -251,35 +256,94 @@ ffi::Error Run(Pass pass, ffi::Span<const int64_t> x_dims, ffi::Span<const int64
   return ffi::Error::Success();
 }
 
-using F32 = ffi::Buffer<ffi::F32>;
 using Ints = ffi::Span<const int64_t>;
 
-ffi::Error Forward(F32 x, F32 k, ffi::ResultBuffer<ffi::F32> y, Ints strides, Ints dilation,
-                   Ints pad_lo, Ints pad_hi) {
-  return Run(Pass::kForward, x.dimensions(), k.dimensions(), y->dimensions(), x.typed_data(),
-             k.typed_data(), y->typed_data(), strides, dilation, pad_lo, pad_hi);
+// Sets *type to the oneDNN data type of a call's operands; false when they differ or are
+// neither f32 nor bf16 (kernels/onednn.py only sends f32 and, where supported, bf16).
+bool TypeOf(ffi::DataType a, ffi::DataType b, ffi::DataType c, memory::data_type* type) {
+  if (a != b || b != c) return false;
+  if (a == ffi::DataType::F32) {
+    *type = memory::data_type::f32;
+  } else if (a == ffi::DataType::BF16) {
+    *type = memory::data_type::bf16;
+  } else {
+    return false;
+  }
+  return true;
 }
 
-ffi::Error BackwardData(F32 dy, F32 k, ffi::ResultBuffer<ffi::F32> dx, Ints strides,
-                        Ints dilation, Ints pad_lo, Ints pad_hi) {
-  return Run(Pass::kBackwardData, dx->dimensions(), k.dimensions(), dy.dimensions(),
-             dx->typed_data(), k.typed_data(), dy.typed_data(), strides, dilation, pad_lo,
-             pad_hi);
+ffi::Error Pass3(Pass pass, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out,
+                 Ints strides, Ints dilation, Ints pad_lo, Ints pad_hi) {
+  memory::data_type type;
+  if (!TypeOf(a.element_type(), b.element_type(), out->element_type(), &type)) {
+    return ffi::Error::InvalidArgument("onednn_conv: operands must all be f32 or all bf16");
+  }
+  switch (pass) {
+    case Pass::kForward:  // a = x, b = k, out = y
+      return Run(pass, type, a.dimensions(), b.dimensions(), out->dimensions(),
+                 a.untyped_data(), b.untyped_data(), out->untyped_data(), strides, dilation,
+                 pad_lo, pad_hi);
+    case Pass::kBackwardData:  // a = dy, b = k, out = dx
+      return Run(pass, type, out->dimensions(), b.dimensions(), a.dimensions(),
+                 out->untyped_data(), b.untyped_data(), a.untyped_data(), strides, dilation,
+                 pad_lo, pad_hi);
+    case Pass::kBackwardWeights:  // a = x, b = dy, out = dk
+      return Run(pass, type, a.dimensions(), out->dimensions(), b.dimensions(),
+                 a.untyped_data(), out->untyped_data(), b.untyped_data(), strides, dilation,
+                 pad_lo, pad_hi);
+  }
+  return ffi::Error::Internal("onednn_conv: unknown pass");
 }
 
-ffi::Error BackwardWeights(F32 x, F32 dy, ffi::ResultBuffer<ffi::F32> dk, Ints strides,
-                           Ints dilation, Ints pad_lo, Ints pad_hi) {
-  return Run(Pass::kBackwardWeights, x.dimensions(), dk->dimensions(), dy.dimensions(),
-             x.typed_data(), dk->typed_data(), dy.typed_data(), strides, dilation, pad_lo,
-             pad_hi);
+ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer k, ffi::Result<ffi::AnyBuffer> y,
+                   Ints strides, Ints dilation, Ints pad_lo, Ints pad_hi) {
+  return Pass3(Pass::kForward, x, k, y, strides, dilation, pad_lo, pad_hi);
+}
+
+ffi::Error BackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer k, ffi::Result<ffi::AnyBuffer> dx,
+                        Ints strides, Ints dilation, Ints pad_lo, Ints pad_hi) {
+  return Pass3(Pass::kBackwardData, dy, k, dx, strides, dilation, pad_lo, pad_hi);
+}
+
+ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dk,
+                           Ints strides, Ints dilation, Ints pad_lo, Ints pad_hi) {
+  return Pass3(Pass::kBackwardWeights, x, dy, dk, strides, dilation, pad_lo, pad_hi);
 }
 
 }  // namespace
 
 #define ONEDNN_CONV_BINDING                                                      \
-  ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>().Attr<Ints>("strides").Attr<Ints>( \
-      "dilation").Attr<Ints>("pad_lo").Attr<Ints>("pad_hi")
+  ffi::Ffi::Bind()                                                               \
+      .Arg<ffi::AnyBuffer>()                                                     \
+      .Arg<ffi::AnyBuffer>()                                                     \
+      .Ret<ffi::AnyBuffer>()                                                     \
+      .Attr<Ints>("strides")                                                     \
+      .Attr<Ints>("dilation")                                                    \
+      .Attr<Ints>("pad_lo")                                                      \
+      .Attr<Ints>("pad_hi")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForward, Forward, ONEDNN_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBackwardData, BackwardData, ONEDNN_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBackwardWeights, BackwardWeights, ONEDNN_CONV_BINDING);
+
+// 1 when this CPU and oneDNN build run bf16 convolutions in all three passes (oneDNN needs
+// AVX-512 for them; AVX512-BF16 and AMX make them fast), else 0. kernels/onednn.py asks once
+// and sends bf16 convolutions here only when it is 1.
+extern "C" int OnednnConvSupportsBf16() {
+  Geometry g;
+  g.type = memory::data_type::bf16;
+  g.src = {2, 16, 8, 8};
+  g.wei = {16, 16, 3, 3};
+  g.dst = {2, 16, 8, 8};
+  g.strides = {1, 1};
+  g.dilates = {0, 0};
+  g.pad_l = g.pad_r = {1, 1};
+  try {
+    for (Pass pass : {Pass::kForward, Pass::kBackwardData, Pass::kBackwardWeights}) {
+      GetPlan(pass, g);
+    }
+  } catch (const dnnl::error&) {
+    return 0;
+  }
+  return 1;
+}
