@@ -44,26 +44,30 @@ _active = False  # set by `select`; read when a model is traced
 
 
 @functools.cache
-def load_error() -> str | None:
-  """Registers the FFI targets once; returns why they are unavailable, or None."""
+def _load() -> tuple[ctypes.CDLL | None, str | None]:
+  """Loads the library and registers its FFI targets once: (library, None) or (None, why not)."""
   if not LIBRARY.exists():
-    return f'{LIBRARY} is not built (run `make kernels`; it needs apt\'s libdnnl-dev and g++)'
+    return None, f'{LIBRARY} is not built (run `make kernels`; it needs apt\'s libdnnl-dev and g++)'
   try:
     lib = ctypes.cdll.LoadLibrary(str(LIBRARY))
   except OSError as e:
-    return f'cannot load {LIBRARY}: {e} (rebuild it with `make kernels`)'
+    return None, f'cannot load {LIBRARY}: {e} (rebuild it with `make kernels`)'
   for name, symbol in _TARGETS.items():
     jax.ffi.register_ffi_target(f'onednn_conv_{name}', jax.ffi.pycapsule(getattr(lib, symbol)),
                                 platform='cpu')
-  return None
+  return lib, None
+
+
+def load_error() -> str | None:
+  """Why the oneDNN kernels are unavailable, or None (registers them on first call)."""
+  return _load()[1]
 
 
 @functools.cache
 def supports_bf16() -> bool:
   """Whether this CPU and oneDNN build run bf16 convolutions (all three passes)."""
-  if load_error() is not None:
-    return False
-  return bool(ctypes.cdll.LoadLibrary(str(LIBRARY)).OnednnConvSupportsBf16())
+  lib = _load()[0]
+  return lib is not None and bool(lib.OnednnConvSupportsBf16())
 
 
 @functools.cache
@@ -91,10 +95,10 @@ def select(impl: str) -> str:
   reason = None
   if impl == 'xla':
     reason = 'conv_impl=xla'
-  elif impl == 'auto' and jax.default_backend() == 'cpu' and not cpu_has_avx512():
-    reason = 'the CPU has no AVX-512 (XLA\'s convolutions measured faster there)'
   elif jax.default_backend() != 'cpu':
     reason = f'the backend is {jax.default_backend()}, not cpu'
+  elif impl == 'auto' and not cpu_has_avx512():
+    reason = 'the CPU has no AVX-512 (XLA\'s convolutions measured faster there)'
   elif jax.device_count() != 1:
     reason = (f'the run has {jax.device_count()} devices; the oneDNN call is single-device '
               '(use conv_impl=xla or auto)')

@@ -272,42 +272,26 @@ bool TypeOf(ffi::DataType a, ffi::DataType b, ffi::DataType c, memory::data_type
   return true;
 }
 
-ffi::Error Pass3(Pass pass, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out,
-                 Ints strides, Ints dilation, Ints pad_lo, Ints pad_hi) {
+// One handler per pass, bound with the operands in the order kernels/onednn.py passes them:
+// forward (x, k) -> y, backward data (dy, k) -> dx, backward weights (x, dy) -> dk.
+template <Pass P>
+ffi::Error Handle(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out,
+                  Ints strides, Ints dilation, Ints pad_lo, Ints pad_hi) {
   memory::data_type type;
   if (!TypeOf(a.element_type(), b.element_type(), out->element_type(), &type)) {
     return ffi::Error::InvalidArgument("onednn_conv: operands must all be f32 or all bf16");
   }
-  switch (pass) {
-    case Pass::kForward:  // a = x, b = k, out = y
-      return Run(pass, type, a.dimensions(), b.dimensions(), out->dimensions(),
-                 a.untyped_data(), b.untyped_data(), out->untyped_data(), strides, dilation,
-                 pad_lo, pad_hi);
-    case Pass::kBackwardData:  // a = dy, b = k, out = dx
-      return Run(pass, type, out->dimensions(), b.dimensions(), a.dimensions(),
-                 out->untyped_data(), b.untyped_data(), a.untyped_data(), strides, dilation,
-                 pad_lo, pad_hi);
-    case Pass::kBackwardWeights:  // a = x, b = dy, out = dk
-      return Run(pass, type, a.dimensions(), out->dimensions(), b.dimensions(),
-                 a.untyped_data(), out->untyped_data(), b.untyped_data(), strides, dilation,
-                 pad_lo, pad_hi);
+  ffi::AnyBuffer& o = *out;
+  if constexpr (P == Pass::kForward) {
+    return Run(P, type, a.dimensions(), b.dimensions(), o.dimensions(), a.untyped_data(),
+               b.untyped_data(), o.untyped_data(), strides, dilation, pad_lo, pad_hi);
+  } else if constexpr (P == Pass::kBackwardData) {
+    return Run(P, type, o.dimensions(), b.dimensions(), a.dimensions(), o.untyped_data(),
+               b.untyped_data(), a.untyped_data(), strides, dilation, pad_lo, pad_hi);
+  } else {
+    return Run(P, type, a.dimensions(), o.dimensions(), b.dimensions(), a.untyped_data(),
+               o.untyped_data(), b.untyped_data(), strides, dilation, pad_lo, pad_hi);
   }
-  return ffi::Error::Internal("onednn_conv: unknown pass");
-}
-
-ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer k, ffi::Result<ffi::AnyBuffer> y,
-                   Ints strides, Ints dilation, Ints pad_lo, Ints pad_hi) {
-  return Pass3(Pass::kForward, x, k, y, strides, dilation, pad_lo, pad_hi);
-}
-
-ffi::Error BackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer k, ffi::Result<ffi::AnyBuffer> dx,
-                        Ints strides, Ints dilation, Ints pad_lo, Ints pad_hi) {
-  return Pass3(Pass::kBackwardData, dy, k, dx, strides, dilation, pad_lo, pad_hi);
-}
-
-ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dk,
-                           Ints strides, Ints dilation, Ints pad_lo, Ints pad_hi) {
-  return Pass3(Pass::kBackwardWeights, x, dy, dk, strides, dilation, pad_lo, pad_hi);
 }
 
 }  // namespace
@@ -322,9 +306,11 @@ ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi:
       .Attr<Ints>("pad_lo")                                                      \
       .Attr<Ints>("pad_hi")
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForward, Forward, ONEDNN_CONV_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBackwardData, BackwardData, ONEDNN_CONV_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBackwardWeights, BackwardWeights, ONEDNN_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForward, Handle<Pass::kForward>, ONEDNN_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBackwardData, Handle<Pass::kBackwardData>,
+                              ONEDNN_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBackwardWeights, Handle<Pass::kBackwardWeights>,
+                              ONEDNN_CONV_BINDING);
 
 // 1 when this CPU and oneDNN build run bf16 convolutions in all three passes (oneDNN needs
 // AVX-512 for them; AVX512-BF16 and AMX make them fast), else 0. kernels/onednn.py asks once
