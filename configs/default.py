@@ -60,6 +60,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # run can use them (one CPU device, `make kernels` built), XLA's otherwise: the faster of the
   # two on each CPU measured (README "Speed"). The same math either way.
   c.conv_impl = 'auto'
+  # Algorithm of the oneDNN convolutions: auto | direct. auto = Winograd on the f32 3x3 stride-1
+  # layers where it measured faster (2-2.5x per layer on an AVX-512 CPU, README "Speed", change
+  # 10), direct elsewhere; direct = direct everywhere. XLA's convolutions have no such choice.
+  c.conv_algorithm = 'auto'
 
   c.log_every_steps = 100
   c.eval_every_epochs = 1

@@ -17,7 +17,13 @@ The VJP is first order: gradients w.r.t. inputs and kernels work (training, sali
 adversarial attacks); second derivatives and forward-mode JVPs need `conv_impl='xla'`.
 
 Which implementation a run uses is decided once per process by `select` (config key
-`conv_impl`: 'auto', the default, 'onednn' or 'xla').
+`conv_impl`: 'auto', the default, 'onednn' or 'xla'), and with it which algorithm oneDNN runs
+(config key `conv_algorithm`): 'auto', the default, asks for oneDNN's Winograd convolutions
+where they measured faster (f32 3x3 stride-1 layers with at least 16 input and output
+channels on a map of at least 4x4, README "Speed", change 10; oneDNN has them on AVX-512 CPUs
+and runs its direct ones where it has not), 'direct' never does. Winograd computes the same
+convolution with fewer multiplications and a different rounding (relative differences ~1e-6
+on these layers, like XLA's vs oneDNN's direct kernels).
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import os
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -37,10 +45,12 @@ from kernels import xla_conv
 
 LIBRARY = pathlib.Path(__file__).resolve().parent / 'build' / 'libonednn_conv.so'
 IMPLS = ('auto', 'xla', 'onednn')
+ALGORITHMS = ('auto', 'direct')
 _TARGETS = {'fwd': 'OnednnConvForward', 'bwd_data': 'OnednnConvBackwardData',
             'bwd_weights': 'OnednnConvBackwardWeights'}
 
 _active = False  # set by `select`; read when a model is traced
+_winograd = True  # conv_algorithm='auto' (set by `select`)
 
 
 @functools.cache
@@ -80,18 +90,21 @@ def cpu_has_avx512() -> bool:
     return False
 
 
-def select(impl: str) -> str:
+def select(impl: str, algorithm: str = 'auto') -> str:
   """Chooses the convolution implementation for this process; returns 'onednn' or 'xla'.
 
   'auto' (the default) takes oneDNN where it measured faster and can run: the CPU backend
   on a CPU with AVX-512, one device in the whole run (the FFI call is not partitioned across
   devices, so data-parallel runs keep XLA's convolutions), and the library built. On AVX2-only
   CPUs XLA's convolutions measured faster (README "Speed"). 'onednn' insists (any x86 CPU) and
-  fails with the reason; 'xla' never uses it.
+  fails with the reason; 'xla' never uses it. `algorithm` is conv_algorithm (module docstring).
   """
-  global _active
+  global _active, _winograd
   if impl not in IMPLS:
     raise UserError(f'unknown conv_impl {impl!r}; choose one of {", ".join(IMPLS)}')
+  if algorithm not in ALGORITHMS:
+    raise UserError(f'unknown conv_algorithm {algorithm!r}; choose one of {", ".join(ALGORITHMS)}')
+  _winograd = algorithm == 'auto'
   reason = None
   if impl == 'xla':
     reason = 'conv_impl=xla'
@@ -119,6 +132,31 @@ def current() -> str:
   return 'onednn' if _active else 'xla'
 
 
+def algorithm() -> str | None:
+  """The oneDNN convolutions' conv_algorithm ('auto' or 'direct'); None with XLA's."""
+  return ('auto' if _winograd else 'direct') if _active else None
+
+
+_YNN_FLAG = re.compile(r'--xla_cpu_experimental_ynn_fusion_type=(\S*)')
+_YNN_ELTWISE = 'LIBRARY_FUSION_TYPE_ELTWISE'
+
+
+def compiler_options() -> dict[str, str] | None:
+  """XLA options for the train and eval steps: with oneDNN's convolutions, YNNPACK's
+  elementwise fusions are left out (the other YNNPACK fusion types in XLA_FLAGS stay).
+
+  With them, XLA materializes full-size arrays of broadcast per-channel BatchNorm factors and
+  of ReLU's zero for YNNPACK to read; without them XLA fuses that work into its own loops.
+  Measured in one process on an AVX-512 Xeon, oneDNN convolutions: SimpleNet-310K's step 1.15x
+  and SimpleNet-5M's 1.17x faster (README "Speed", change 11). With XLA's convolutions it made
+  no difference there and the global setting stays as main.py chose it."""
+  match = _YNN_FLAG.search(os.environ.get('XLA_FLAGS', ''))
+  if not _active or not match or _YNN_ELTWISE not in match.group(1).split(','):
+    return None
+  kept = [t for t in match.group(1).split(',') if t != _YNN_ELTWISE]
+  return {'xla_cpu_experimental_ynn_fusion_type': ','.join(kept)}
+
+
 @contextlib.contextmanager
 def disabled():
   """Traces with XLA's convolutions inside (e.g. for XLA's FLOP count of the same step)."""
@@ -134,19 +172,30 @@ def _out_size(n: int, k: int, stride: int, dilation: int, lo: int, hi: int) -> i
   return (n + lo + hi - dilation * (k - 1) - 1) // stride + 1
 
 
+def wants_winograd(x_shape, kernel_shape, dtype, strides, dilation) -> bool:
+  """Whether a convolution asks oneDNN for Winograd: conv_algorithm='auto' and a layer where it
+  measured faster than direct (README "Speed", change 10)."""
+  return (_winograd and dtype == jnp.float32 and len(x_shape) == 4
+          and tuple(kernel_shape[:2]) == (3, 3) and tuple(strides) == (1, 1)
+          and tuple(dilation) == (1, 1) and min(kernel_shape[2:]) >= 16
+          and min(x_shape[1:3]) >= 4)
+
+
 def _call(target: str, shape, *operands, geometry):
-  strides, dilation, lo, hi = (np.asarray(v, np.int64) for v in geometry)
+  strides, dilation, lo, hi, winograd = geometry
   dtype = operands[0].dtype  # every operand and the result share it (see `fits` below)
+  ints = lambda v: np.asarray(v, np.int64)
   return jax.ffi.ffi_call(f'onednn_conv_{target}', jax.ShapeDtypeStruct(shape, dtype),
                           vmap_method='sequential')(
-                              *operands, strides=strides, dilation=dilation, pad_lo=lo,
-                              pad_hi=hi)
+                              *operands, strides=ints(strides), dilation=ints(dilation),
+                              pad_lo=ints(lo), pad_hi=ints(hi), winograd=np.int64(winograd))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv(x: jax.Array, kernel: jax.Array, geometry: tuple) -> jax.Array:
-  """Channels-last convolution; geometry = (strides, dilation, pad_lo, pad_hi) tuples."""
-  strides, dilation, lo, hi = geometry
+  """Channels-last convolution; geometry = (strides, dilation, pad_lo, pad_hi) tuples and
+  whether to ask for Winograd."""
+  strides, dilation, lo, hi, _ = geometry
   nd = x.ndim - 2
   shape = (x.shape[0],) + tuple(
       _out_size(x.shape[1 + i], kernel.shape[i], strides[i], dilation[i], lo[i], hi[i])
@@ -189,5 +238,6 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                     dimension_numbers, feature_group_count, batch_group_count, precision,
                     preferred_element_type)
   lo, hi = zip(*xla_conv.explicit_padding(lhs, rhs, window_strides, padding, rhs_dilation))
-  geometry = (tuple(window_strides), rhs_dilation, tuple(lo), tuple(hi))
+  winograd = wants_winograd(lhs.shape, rhs.shape, dtype, window_strides, rhs_dilation)
+  geometry = (tuple(window_strides), rhs_dilation, tuple(lo), tuple(hi), winograd)
   return conv(lhs, rhs, geometry)

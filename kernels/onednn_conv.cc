@@ -4,9 +4,12 @@
 // (backward data) and gradient w.r.t. the kernel (backward weights). Activations are
 // channels-last (N, spatial..., C) and kernels are XLA/Flax's (spatial..., I, O), for 1, 2
 // or 3 spatial dims, f32 or bf16 (all operands of a call alike; bf16 where the CPU has it,
-// see OnednnConvSupportsBf16), one feature group. oneDNN reads and writes those buffers in place;
-// only the kernel is reordered into the blocked layout the primitive asks for (kernels are
-// small next to activations). Primitives are built once per geometry and cached.
+// see OnednnConvSupportsBf16), one feature group. Two algorithms: direct convolutions read and
+// write those buffers in place, only the kernel is reordered into the blocked layout the
+// primitive asks for (kernels are small next to activations); Winograd convolutions (f32 3x3
+// stride 1, where kernels/onednn.py asks for them and oneDNN has them) also reorder the
+// activations into and out of a blocked layout, which costs far less than the multiplications
+// they save (README "Speed", change 10). Primitives are built once per geometry and cached.
 //
 // Build: see the `kernels` target of the Makefile (g++ against Debian's libdnnl-dev and the
 // FFI headers that ship with jaxlib). Compiles against oneDNN 2.x (Debian's 2.6) and 3.x (tested
@@ -31,14 +34,16 @@ namespace {
 enum class Pass { kForward, kBackwardData, kBackwardWeights };
 
 // A convolution's geometry in oneDNN's logical order: src {N, C, S...},
-// weights {O, I, K...}, dst {N, O, S'...}; dilation 0 means none.
+// weights {O, I, K...}, dst {N, O, S'...}; dilation 0 means none. `winograd` asks for
+// oneDNN's Winograd algorithm (kernels/onednn.py decides where; see MakePlan).
 struct Geometry {
   memory::data_type type = memory::data_type::f32;
   memory::dims src, wei, dst, strides, dilates, pad_l, pad_r;
+  bool winograd = false;
 
   std::string Key(Pass pass) const {
     std::string key = std::to_string(static_cast<int>(pass)) + ':' +
-                      std::to_string(static_cast<int>(type));
+                      std::to_string(static_cast<int>(type)) + (winograd ? ":w" : ":d");
     for (const memory::dims* d : {&src, &wei, &dst, &strides, &dilates, &pad_l, &pad_r}) {
       key += '|';
       for (int64_t v : *d) key += std::to_string(v) + ',';
@@ -78,77 +83,117 @@ memory::dims KernelStrides(const memory::dims& d) {
   return s;
 }
 
+// One operand of a call: as the caller holds it (channels-last activations, (K..., I, O)
+// kernel) and as the primitive wants it; `reorder` converts between them (user -> conv for
+// inputs, conv -> user for the output) and is empty when the two layouts are the same.
+struct Operand {
+  memory::desc user, conv;
+  dnnl::primitive reorder;
+  bool output = false;
+  bool Reorders() const { return user != conv; }
+};
+
 struct Plan {
   dnnl::primitive conv;
-  memory::desc src, dst, user_wei, conv_wei, scratch;
-  bool reorder_wei = false;
-  dnnl::primitive wei_reorder;  // user -> conv layout (forward, backward data) or back
+  Operand src, wei, dst;  // oneDNN's roles: src/diff_src, weights/diff_weights, dst/diff_dst
+  memory::desc scratch;
   size_t scratch_bytes = 0;
 };
 
-std::shared_ptr<Plan> MakePlan(Pass pass, const Geometry& g) {
+// Builds the forward primitive descriptor with `alg`; activations keep the caller's layout
+// for direct convolutions, Winograd's kernels choose their own (blocked) one.
+dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g, dnnl::algorithm alg,
+                                                      const memory::desc& src,
+                                                      const memory::desc& wei,
+                                                      const memory::desc& dst,
+                                                      const dnnl::primitive_attr& attr) {
+#if DNNL_VERSION_MAJOR >= 3  // 3.x builds primitive descriptors directly from the engine
+  return dnnl::convolution_forward::primitive_desc(Engine(), dnnl::prop_kind::forward_training,
+                                                   alg, src, wei, dst, g.strides, g.dilates,
+                                                   g.pad_l, g.pad_r, attr);
+#else
+  dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_training, alg, src, wei, dst,
+                                       g.strides, g.dilates, g.pad_l, g.pad_r);
+  return dnnl::convolution_forward::primitive_desc(desc, attr, Engine());
+#endif
+}
+
+std::shared_ptr<Plan> MakePlan(Pass pass, const Geometry& g, dnnl::algorithm alg) {
   const auto t = g.type;
   auto plan = std::make_shared<Plan>();
-  plan->src = memory::desc(g.src, t, ChannelsLastStrides(g.src));
-  plan->dst = memory::desc(g.dst, t, ChannelsLastStrides(g.dst));
-  plan->user_wei = memory::desc(g.wei, t, KernelStrides(g.wei));
+  plan->src.user = memory::desc(g.src, t, ChannelsLastStrides(g.src));
+  plan->dst.user = memory::desc(g.dst, t, ChannelsLastStrides(g.dst));
+  plan->wei.user = memory::desc(g.wei, t, KernelStrides(g.wei));
+  const bool direct = alg == dnnl::algorithm::convolution_direct;
   const memory::desc any_wei(g.wei, t, memory::format_tag::any);
+  const memory::desc src = direct ? plan->src.user : memory::desc(g.src, t, memory::format_tag::any);
+  const memory::desc dst = direct ? plan->dst.user : memory::desc(g.dst, t, memory::format_tag::any);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // thread-safe execution
-  const auto alg = dnnl::algorithm::convolution_direct;
 
-#if DNNL_VERSION_MAJOR >= 3  // 3.x builds primitive descriptors directly from the engine
-  dnnl::convolution_forward::primitive_desc fwd_pd(
-      Engine(), dnnl::prop_kind::forward_training, alg, plan->src, any_wei, plan->dst,
-      g.strides, g.dilates, g.pad_l, g.pad_r, attr);
-#else
-  dnnl::convolution_forward::desc fwd_desc(dnnl::prop_kind::forward_training, alg, plan->src,
-                                           any_wei, plan->dst, g.strides, g.dilates, g.pad_l,
-                                           g.pad_r);
-  dnnl::convolution_forward::primitive_desc fwd_pd(fwd_desc, attr, Engine());
-#endif
+  const auto fwd_pd = ForwardDesc(g, alg, src, any_wei, dst, attr);
   if (pass == Pass::kForward) {
     plan->conv = dnnl::convolution_forward(fwd_pd);
-    plan->conv_wei = fwd_pd.weights_desc();
+    plan->src.conv = fwd_pd.src_desc();
+    plan->wei.conv = fwd_pd.weights_desc();
+    plan->dst.conv = fwd_pd.dst_desc();
     plan->scratch = fwd_pd.scratchpad_desc();
+    plan->dst.output = true;
   } else if (pass == Pass::kBackwardData) {
 #if DNNL_VERSION_MAJOR >= 3
-    dnnl::convolution_backward_data::primitive_desc pd(Engine(), alg, plan->src, any_wei,
-                                                       plan->dst, g.strides, g.dilates,
-                                                       g.pad_l, g.pad_r, fwd_pd, attr);
+    dnnl::convolution_backward_data::primitive_desc pd(Engine(), alg, src, any_wei, dst,
+                                                       g.strides, g.dilates, g.pad_l, g.pad_r,
+                                                       fwd_pd, attr);
 #else
-    dnnl::convolution_backward_data::desc desc(alg, plan->src, any_wei, plan->dst, g.strides,
-                                               g.dilates, g.pad_l, g.pad_r);
+    dnnl::convolution_backward_data::desc desc(alg, src, any_wei, dst, g.strides, g.dilates,
+                                               g.pad_l, g.pad_r);
     dnnl::convolution_backward_data::primitive_desc pd(desc, attr, Engine(), fwd_pd);
 #endif
     plan->conv = dnnl::convolution_backward_data(pd);
-    plan->conv_wei = pd.weights_desc();
+    plan->src.conv = pd.diff_src_desc();
+    plan->wei.conv = pd.weights_desc();
+    plan->dst.conv = pd.diff_dst_desc();
     plan->scratch = pd.scratchpad_desc();
+    plan->src.output = true;
   } else {
 #if DNNL_VERSION_MAJOR >= 3
-    dnnl::convolution_backward_weights::primitive_desc pd(Engine(), alg, plan->src, any_wei,
-                                                          plan->dst, g.strides, g.dilates,
-                                                          g.pad_l, g.pad_r, fwd_pd, attr);
+    dnnl::convolution_backward_weights::primitive_desc pd(Engine(), alg, src, any_wei, dst,
+                                                          g.strides, g.dilates, g.pad_l,
+                                                          g.pad_r, fwd_pd, attr);
 #else
-    dnnl::convolution_backward_weights::desc desc(alg, plan->src, any_wei, plan->dst,
-                                                  g.strides, g.dilates, g.pad_l, g.pad_r);
+    dnnl::convolution_backward_weights::desc desc(alg, src, any_wei, dst, g.strides, g.dilates,
+                                                  g.pad_l, g.pad_r);
     dnnl::convolution_backward_weights::primitive_desc pd(desc, attr, Engine(), fwd_pd);
 #endif
     plan->conv = dnnl::convolution_backward_weights(pd);
-    plan->conv_wei = pd.diff_weights_desc();
+    plan->src.conv = pd.src_desc();
+    plan->wei.conv = pd.diff_weights_desc();
+    plan->dst.conv = pd.diff_dst_desc();
     plan->scratch = pd.scratchpad_desc();
+    plan->wei.output = true;
   }
   plan->scratch_bytes = plan->scratch.get_size();
-  plan->reorder_wei = plan->conv_wei != plan->user_wei;
-  if (plan->reorder_wei) {
-    const bool to_user = pass == Pass::kBackwardWeights;
-    const memory::desc& from = to_user ? plan->conv_wei : plan->user_wei;
-    const memory::desc& to = to_user ? plan->user_wei : plan->conv_wei;
+  for (Operand* op : {&plan->src, &plan->wei, &plan->dst}) {
+    if (!op->Reorders()) continue;
+    const memory::desc& from = op->output ? op->conv : op->user;
+    const memory::desc& to = op->output ? op->user : op->conv;
     dnnl::reorder::primitive_desc rpd(Engine(), from, Engine(), to, attr);
-    plan->wei_reorder = dnnl::reorder(rpd);
+    op->reorder = dnnl::reorder(rpd);
     plan->scratch_bytes = std::max(plan->scratch_bytes, rpd.scratchpad_desc().get_size());
   }
   return plan;
+}
+
+// Winograd where asked for and oneDNN has it for this geometry and CPU (f32 3x3 stride-1
+// kernels on AVX-512); direct otherwise.
+std::shared_ptr<Plan> MakePlan(Pass pass, const Geometry& g) {
+  if (g.winograd) {
+    try {
+      return MakePlan(pass, g, dnnl::algorithm::convolution_winograd);
+    } catch (const dnnl::error&) {
+    }
+  }
+  return MakePlan(pass, g, dnnl::algorithm::convolution_direct);
 }
 
 std::shared_ptr<Plan> GetPlan(Pass pass, const Geometry& g) {
@@ -187,7 +232,8 @@ ffi::Error Run(Pass pass, memory::data_type type, ffi::Span<const int64_t> x_dim
                ffi::Span<const int64_t> k_dims, ffi::Span<const int64_t> y_dims, void* x,
                void* k, void* y,
                ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
-               ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi) {
+               ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
+               bool winograd) {
   const size_t nd = x_dims.size() - 2;
   if (nd < 1 || nd > 3 || k_dims.size() != nd + 2 || y_dims.size() != nd + 2 ||
       strides.size() != nd || dilation.size() != nd || pad_lo.size() != nd ||
@@ -196,6 +242,7 @@ ffi::Error Run(Pass pass, memory::data_type type, ffi::Span<const int64_t> x_dim
   }
   Geometry g;
   g.type = type;
+  g.winograd = winograd;
   g.src = {x_dims[0], x_dims[nd + 1]};
   g.wei = {k_dims[nd + 1], k_dims[nd]};
   g.dst = {y_dims[0], y_dims[nd + 1]};
@@ -215,40 +262,49 @@ ffi::Error Run(Pass pass, memory::data_type type, ffi::Span<const int64_t> x_dim
   }
   try {
     const auto plan = GetPlan(pass, g);
-    thread_local Buffer scratch_buf, wei_buf;
+    thread_local Buffer scratch_buf, src_buf, wei_buf, dst_buf;
     thread_local dnnl::stream stream(Engine());
     dnnl::engine& eng = Engine();
-    memory src(plan->src, eng, x), dst(plan->dst, eng, y), user_wei(plan->user_wei, eng, k);
     memory scratch(plan->scratch, eng, scratch_buf.Get(plan->scratch_bytes));
-    memory conv_wei = plan->reorder_wei
-                          ? memory(plan->conv_wei, eng, wei_buf.Get(plan->conv_wei.get_size()))
-                          : user_wei;
-    if (pass != Pass::kBackwardWeights && plan->reorder_wei) {  // kernel in: to oneDNN's layout
-      plan->wei_reorder.execute(stream, {{DNNL_ARG_FROM, user_wei},
-                                         {DNNL_ARG_TO, conv_wei},
-                                         {DNNL_ARG_SCRATCHPAD, scratch}});
-    }
+    // Each operand as the caller holds it and, where the primitive wants another layout, a
+    // per-thread buffer in that layout: inputs are reordered into it before the convolution,
+    // the output out of it after.
+    struct Bound {
+      const Operand* op;
+      memory user, conv;
+    };
+    auto bind = [&](const Operand& op, void* data, Buffer& buf) {
+      memory user(op.user, eng, data);
+      return Bound{&op, user,
+                   op.Reorders() ? memory(op.conv, eng, buf.Get(op.conv.get_size())) : user};
+    };
+    Bound src = bind(plan->src, x, src_buf), wei = bind(plan->wei, k, wei_buf),
+          dst = bind(plan->dst, y, dst_buf);
+    auto convert = [&](Bound& b, bool outputs) {
+      if (b.op->Reorders() && b.op->output == outputs) {
+        b.op->reorder.execute(stream, {{DNNL_ARG_FROM, outputs ? b.conv : b.user},
+                                       {DNNL_ARG_TO, outputs ? b.user : b.conv},
+                                       {DNNL_ARG_SCRATCHPAD, scratch}});
+      }
+    };
+    for (Bound* b : {&src, &wei, &dst}) convert(*b, /*outputs=*/false);
     if (pass == Pass::kForward) {
-      plan->conv.execute(stream, {{DNNL_ARG_SRC, src},
-                                  {DNNL_ARG_WEIGHTS, conv_wei},
-                                  {DNNL_ARG_DST, dst},
+      plan->conv.execute(stream, {{DNNL_ARG_SRC, src.conv},
+                                  {DNNL_ARG_WEIGHTS, wei.conv},
+                                  {DNNL_ARG_DST, dst.conv},
                                   {DNNL_ARG_SCRATCHPAD, scratch}});
     } else if (pass == Pass::kBackwardData) {
-      plan->conv.execute(stream, {{DNNL_ARG_DIFF_DST, dst},
-                                  {DNNL_ARG_WEIGHTS, conv_wei},
-                                  {DNNL_ARG_DIFF_SRC, src},
+      plan->conv.execute(stream, {{DNNL_ARG_DIFF_DST, dst.conv},
+                                  {DNNL_ARG_WEIGHTS, wei.conv},
+                                  {DNNL_ARG_DIFF_SRC, src.conv},
                                   {DNNL_ARG_SCRATCHPAD, scratch}});
     } else {
-      plan->conv.execute(stream, {{DNNL_ARG_SRC, src},
-                                  {DNNL_ARG_DIFF_DST, dst},
-                                  {DNNL_ARG_DIFF_WEIGHTS, conv_wei},
+      plan->conv.execute(stream, {{DNNL_ARG_SRC, src.conv},
+                                  {DNNL_ARG_DIFF_DST, dst.conv},
+                                  {DNNL_ARG_DIFF_WEIGHTS, wei.conv},
                                   {DNNL_ARG_SCRATCHPAD, scratch}});
-      if (plan->reorder_wei) {
-        plan->wei_reorder.execute(stream, {{DNNL_ARG_FROM, conv_wei},
-                                           {DNNL_ARG_TO, user_wei},
-                                           {DNNL_ARG_SCRATCHPAD, scratch}});
-      }
     }
+    for (Bound* b : {&src, &wei, &dst}) convert(*b, /*outputs=*/true);
     stream.wait();
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("onednn_conv: ") + e.what());
@@ -276,7 +332,7 @@ bool TypeOf(ffi::DataType a, ffi::DataType b, ffi::DataType c, memory::data_type
 // forward (x, k) -> y, backward data (dy, k) -> dx, backward weights (x, dy) -> dk.
 template <Pass P>
 ffi::Error Handle(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out,
-                  Ints strides, Ints dilation, Ints pad_lo, Ints pad_hi) {
+                  Ints strides, Ints dilation, Ints pad_lo, Ints pad_hi, int64_t winograd) {
   memory::data_type type;
   if (!TypeOf(a.element_type(), b.element_type(), out->element_type(), &type)) {
     return ffi::Error::InvalidArgument("onednn_conv: operands must all be f32 or all bf16");
@@ -284,13 +340,16 @@ ffi::Error Handle(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer
   ffi::AnyBuffer& o = *out;
   if constexpr (P == Pass::kForward) {
     return Run(P, type, a.dimensions(), b.dimensions(), o.dimensions(), a.untyped_data(),
-               b.untyped_data(), o.untyped_data(), strides, dilation, pad_lo, pad_hi);
+               b.untyped_data(), o.untyped_data(), strides, dilation, pad_lo, pad_hi,
+               winograd != 0);
   } else if constexpr (P == Pass::kBackwardData) {
     return Run(P, type, o.dimensions(), b.dimensions(), a.dimensions(), o.untyped_data(),
-               b.untyped_data(), a.untyped_data(), strides, dilation, pad_lo, pad_hi);
+               b.untyped_data(), a.untyped_data(), strides, dilation, pad_lo, pad_hi,
+               winograd != 0);
   } else {
     return Run(P, type, a.dimensions(), o.dimensions(), b.dimensions(), a.untyped_data(),
-               o.untyped_data(), b.untyped_data(), strides, dilation, pad_lo, pad_hi);
+               o.untyped_data(), b.untyped_data(), strides, dilation, pad_lo, pad_hi,
+               winograd != 0);
   }
 }
 
@@ -304,7 +363,8 @@ ffi::Error Handle(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer
       .Attr<Ints>("strides")                                                     \
       .Attr<Ints>("dilation")                                                    \
       .Attr<Ints>("pad_lo")                                                      \
-      .Attr<Ints>("pad_hi")
+      .Attr<Ints>("pad_hi")                                                     \
+      .Attr<int64_t>("winograd")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForward, Handle<Pass::kForward>, ONEDNN_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBackwardData, Handle<Pass::kBackwardData>,

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +11,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from conftest import assert_losses_track, load_results, overrides, run_main
+from conftest import REPO, assert_losses_track, load_results, overrides, run_main
 
 from errors import UserError  # noqa: E402  (conftest puts the repository on sys.path)
 from kernels import onednn  # noqa: E402
@@ -61,6 +63,58 @@ def test_forward_and_both_gradients_match_xla(use_onednn, xs, ks, strides, paddi
   for a, b in ((y0, y1), (dx0, dx1), (dk0, dk1)):
     assert a.shape == b.shape
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * float(jnp.abs(a).max()))
+
+
+# Layers conv_algorithm='auto' sends to Winograd: f32, 3x3, stride 1, >= 16 channels, >= 4x4.
+WINOGRAD = [((2, 8, 8, 16), (3, 3, 16, 32), 'SAME'), ((3, 9, 7, 32), (3, 3, 32, 16), 'VALID')]
+
+
+@pytest.mark.parametrize('xs,ks,padding', WINOGRAD)
+def test_winograd_layers_match_xla_in_every_pass(xs, ks, padding):
+  """Winograd (oneDNN's, where the CPU has it; direct elsewhere) gives XLA's numbers to float
+  rounding, like the direct algorithm."""
+  assert onednn.wants_winograd(xs, ks, jnp.float32, (1, 1), (1, 1))
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=xs), jnp.float32)
+  k = jnp.asarray(rng.normal(size=ks) / np.sqrt(9 * ks[2]), jnp.float32)
+  dn = lax.conv_dimension_numbers(xs, ks, ('NHWC', 'HWIO', 'NHWC'))
+
+  def passes(conv):
+    def f(x, k):
+      y = conv(x, k, (1, 1), padding, dimension_numbers=dn)
+      return jnp.sum(jnp.sin(y)), y
+    (dx, dk), y = jax.jit(jax.grad(f, argnums=(0, 1), has_aux=True))(x, k)
+    return y, dx, dk
+
+  reference = passes(lax.conv_general_dilated)
+  try:
+    for algorithm in ('auto', 'direct'):
+      onednn.select('onednn', algorithm)
+      for a, b in zip(reference, passes(onednn.conv_general_dilated)):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * float(jnp.abs(a).max()))
+  finally:
+    onednn.select('xla')
+
+
+def test_winograd_kernels_run_where_the_cpu_has_them():
+  """ONEDNN_VERBOSE names the kernels: Winograd ones with conv_algorithm=auto on an AVX-512
+  CPU, never with direct; elsewhere auto falls back to direct kernels."""
+  script = (
+      'import sys; sys.path.insert(0, "."); import jax, jax.numpy as jnp; from kernels import onednn\n'
+      'onednn.select("onednn", sys.argv[1]); x = jnp.ones((2, 8, 8, 16)); k = jnp.ones((3, 3, 16, 16))\n'
+      'f = lambda x, k: jnp.sum(onednn.conv_general_dilated(x, k, (1, 1), "SAME", '
+      'dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2)\n'
+      'print(jax.grad(f, argnums=(0, 1))(x, k)[1].sum())\n')
+  out = {}
+  for algorithm in ('auto', 'direct'):
+    proc = subprocess.run([sys.executable, '-c', script, algorithm], cwd=REPO, text=True,
+                          capture_output=True, env={**os.environ, 'ONEDNN_VERBOSE': '1'},
+                          check=True, timeout=120)
+    out[algorithm] = [l for l in proc.stdout.splitlines() if ',convolution,' in l]
+    assert len(out[algorithm]) >= 3, proc.stdout  # forward, backward data, backward weights
+  assert not any('wino' in l for l in out['direct'])
+  if onednn.cpu_has_avx512():
+    assert all('wino' in l for l in out['auto']), out['auto']
 
 
 def test_calls_oneDNN_cannot_serve_fall_through_to_xla(use_onednn):
@@ -116,6 +170,32 @@ def test_select_rules(monkeypatch):
     assert onednn.select('onednn') == 'onednn'
   with pytest.raises(UserError, match='unknown conv_impl'):
     onednn.select('cudnn')
+  with pytest.raises(UserError, match='unknown conv_algorithm'):
+    onednn.select('onednn', 'fft')
+  assert onednn.select('onednn', 'direct') == 'onednn' and onednn.algorithm() == 'direct'
+  assert not onednn.wants_winograd((2, 8, 8, 16), (3, 3, 16, 16), jnp.float32, (1, 1), (1, 1))
+  onednn.select('onednn', 'auto')
+  for xs, ks, dtype, strides in (((2, 8, 8, 3), (3, 3, 3, 16), jnp.float32, (1, 1)),  # RGB stem
+                                 ((2, 8, 8, 16), (1, 1, 16, 16), jnp.float32, (1, 1)),  # 1x1
+                                 ((2, 8, 8, 16), (3, 3, 16, 16), jnp.float32, (2, 2)),  # strided
+                                 ((2, 2, 2, 16), (3, 3, 16, 16), jnp.float32, (1, 1)),  # 2x2 map
+                                 ((2, 8, 8, 16), (3, 3, 16, 16), jnp.bfloat16, (1, 1))):
+    assert not onednn.wants_winograd(xs, ks, dtype, strides, (1, 1))
+  onednn.select('xla')
+  assert onednn.algorithm() is None
+
+
+def test_compiler_options_drop_only_ynn_elementwise_fusions_and_only_with_onednn(monkeypatch):
+  flag = '--xla_cpu_experimental_ynn_fusion_type='
+  monkeypatch.setenv('XLA_FLAGS', f'--foo {flag}LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE')
+  assert onednn.select('xla') == 'xla' and onednn.compiler_options() is None
+  onednn.select('onednn')
+  assert onednn.compiler_options() == {
+      'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_DOT'}
+  monkeypatch.setenv('XLA_FLAGS', f'{flag}LIBRARY_FUSION_TYPE_DOT')  # a user's choice stays
+  assert onednn.compiler_options() is None
+  monkeypatch.setenv('XLA_FLAGS', '')
+  assert onednn.compiler_options() is None
   onednn.select('xla')
 
 
@@ -130,6 +210,9 @@ def test_training_with_onednn_convolutions_matches_xla(tmp_path, dtype, rtol, co
                                                  dtype=dtype)])
     runs[impl] = load_results(workdir)
   assert runs['onednn']['conv_impl'] == 'onednn' and runs['xla']['conv_impl'] == 'xla'
+  assert runs['onednn']['conv_algorithm'] == 'auto' and runs['xla']['conv_algorithm'] is None
+  assert 'ELTWISE' not in runs['onednn']['xla_compiler_options'][
+      'xla_cpu_experimental_ynn_fusion_type']
   a = np.array([l for _, l, _ in runs['xla']['train_log']])
   b = np.array([l for _, l, _ in runs['onednn']['train_log']])
   assert_losses_track(b, a, rtol, compared)  # bf16: the first 4 logged steps

@@ -130,6 +130,8 @@ def run(config, workdir: str, steps: int = 30, warmup: int = 3) -> dict:
       'input_wait_fraction': round(t_input / wall, 5),
       'timed_steps': steps,
       'conv_impl': onednn.current(),
+      'conv_algorithm': onednn.algorithm(),
+      'xla_compiler_options': onednn.compiler_options(),
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
       'malloc': loop.malloc(),
       'tcmalloc_release_rate': loop.tcmalloc_release_rate(),

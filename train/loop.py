@@ -40,7 +40,8 @@ from train import distributed, optim
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # Settings that may change when an existing run is resumed (extend it, change cadence).
 RESUMABLE_CHANGES = ('num_epochs', 'num_train_steps', 'log_every_steps', 'eval_every_epochs',
-                     'checkpoint_every_steps', 'keep_checkpoints', 'eval_batch_size', 'conv_impl')
+                     'checkpoint_every_steps', 'keep_checkpoints', 'eval_batch_size', 'conv_impl',
+                     'conv_algorithm')
 
 
 @flax.struct.dataclass
@@ -111,7 +112,7 @@ def validate(config: ml_collections.ConfigDict, workdir: str,
   if config.batch_size % n_dev:
     raise UserError(f'batch_size {config.batch_size} is not divisible by the {n_dev} devices; '
                     f'use a multiple of {n_dev}')
-  onednn.select(config.conv_impl)
+  onednn.select(config.conv_impl, config.conv_algorithm)
   info = datasets.info(config.dataset)
   models.create(config.model, info.num_classes, DTYPES[config.dtype])  # resolves every knob
   optim.check(config)
@@ -220,7 +221,8 @@ def make_train_step(model, tx, config, steps_per_epoch: int, mesh):
         loss=loss, logits=logits, labels=y))
     return new_state, new_metrics
 
-  return jax.jit(step, donate_argnums=(0, 1), out_shardings=(rep, rep))
+  return jax.jit(step, donate_argnums=(0, 1), out_shardings=(rep, rep),
+                 compiler_options=onednn.compiler_options())
 
 
 def empty_metrics(sharding) -> TrainMetrics:
@@ -245,7 +247,7 @@ def make_eval_step(model, eval_batch: int, mesh, flip_tta: bool = False):
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     return EvalMetrics.single_from_model_output(loss=loss, logits=logits, labels=y, mask=mask)
 
-  return jax.jit(step, out_shardings=rep)
+  return jax.jit(step, out_shardings=rep, compiler_options=onednn.compiler_options())
 
 
 def evaluate(eval_step, state: TrainState, test_images, test_labels, eval_batch: int,
@@ -468,6 +470,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       'num_devices': n_dev,
       'num_processes': jax.process_count(),
       'conv_impl': onednn.current(),
+      'conv_algorithm': onednn.algorithm(),
+      'xla_compiler_options': onednn.compiler_options(),
       'malloc': malloc(),
       'tcmalloc_release_rate': tcmalloc_release_rate(),
       'history': history,
