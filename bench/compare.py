@@ -5,9 +5,11 @@ PyTorch baseline (bench/pytorch_simplenet.py), alternating runs so both see the 
 
 Each round runs PyTorch with glibc's malloc and with tcmalloc preloaded (this project's main.py
 preloads tcmalloc itself, with TCMALLOC_RELEASE_RATE=0, and the second run gets the same, so it
-is the like-for-like one), then this project once per `--conv_impls` entry (oneDNN's and XLA's
-convolutions by default). Writes bench/results/compare.json and prints a markdown table (median
-of rounds).
+is the like-for-like one), then this project once per `--conv_impls` entry: a conv_impl value,
+optionally with a conv_algorithm after a slash (`auto,onednn/direct,xla`; by default the default
+settings and XLA's convolutions). Writes bench/results/compare.json and prints a markdown table
+(median of rounds). The FLOPs behind "% of peak" are a direct convolution's (XLA's count);
+Winograd layers do fewer multiplications, so with them the share is an effective one.
 """
 
 import argparse
@@ -24,14 +26,15 @@ TCMALLOC = next(iter(sorted(glob.glob('/usr/lib/*/libtcmalloc_minimal.so.4'))), 
 CASES = [('simplenet_cifar_310k', 128), ('simplenet_cifar_5m', 64)]
 
 
-def jax_run(model: str, batch: int, steps: int, xla_flags: str, conv_impl: str,
+def jax_run(model: str, batch: int, steps: int, xla_flags: str, conv: str,
             extra: list[str]) -> dict:
+  conv_impl, _, algorithm = conv.partition('/')
   with tempfile.TemporaryDirectory() as workdir:
     env = dict(os.environ, XLA_FLAGS=xla_flags)
     subprocess.run([sys.executable, 'main.py', '--mode=benchmark', f'--workdir={workdir}',
                     f'--config=configs/default.py:model={model},dataset=synthetic,'
                     f'batch_size={batch},augment.crop_padding=0,augment.flip=false,'
-                    f'conv_impl={conv_impl}',
+                    f'conv_impl={conv_impl},conv_algorithm={algorithm or "auto"}',
                     f'--benchmark_steps={steps}', *extra],
                    cwd=REPO, env=env, check=True, capture_output=True)
     with open(os.path.join(workdir, 'benchmark.json')) as f:
@@ -56,7 +59,8 @@ def main() -> None:
   p.add_argument('--steps', type=int, default=20)
   p.add_argument('--xla_flags', default=os.environ.get('XLA_FLAGS', ''))
   p.add_argument('--models', default=','.join(m for m, _ in CASES))
-  p.add_argument('--conv_impls', default='onednn,xla', help='config conv_impl values to run')
+  p.add_argument('--conv_impls', default='auto,xla',
+                 help='conv_impl[/conv_algorithm] settings to run, comma separated')
   p.add_argument('--jax_args', default='', help='extra main.py flags, space separated')
   args = p.parse_args()
   impls = args.conv_impls.split(',')
