@@ -126,8 +126,10 @@ std::shared_ptr<Plan> MakePlan(Pass pass, const Geometry& g, dnnl::algorithm alg
   plan->wei.user = memory::desc(g.wei, t, KernelStrides(g.wei));
   const bool direct = alg == dnnl::algorithm::convolution_direct;
   const memory::desc any_wei(g.wei, t, memory::format_tag::any);
-  const memory::desc src = direct ? plan->src.user : memory::desc(g.src, t, memory::format_tag::any);
-  const memory::desc dst = direct ? plan->dst.user : memory::desc(g.dst, t, memory::format_tag::any);
+  auto activation = [&](const Operand& op, const memory::dims& d) {  // Winograd picks its own
+    return direct ? op.user : memory::desc(d, t, memory::format_tag::any);
+  };
+  const memory::desc src = activation(plan->src, g.src), dst = activation(plan->dst, g.dst);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // thread-safe execution
 
@@ -338,18 +340,16 @@ ffi::Error Handle(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer
     return ffi::Error::InvalidArgument("onednn_conv: operands must all be f32 or all bf16");
   }
   ffi::AnyBuffer& o = *out;
+  const bool w = winograd != 0;
   if constexpr (P == Pass::kForward) {
     return Run(P, type, a.dimensions(), b.dimensions(), o.dimensions(), a.untyped_data(),
-               b.untyped_data(), o.untyped_data(), strides, dilation, pad_lo, pad_hi,
-               winograd != 0);
+               b.untyped_data(), o.untyped_data(), strides, dilation, pad_lo, pad_hi, w);
   } else if constexpr (P == Pass::kBackwardData) {
     return Run(P, type, o.dimensions(), b.dimensions(), a.dimensions(), o.untyped_data(),
-               b.untyped_data(), a.untyped_data(), strides, dilation, pad_lo, pad_hi,
-               winograd != 0);
+               b.untyped_data(), a.untyped_data(), strides, dilation, pad_lo, pad_hi, w);
   } else {
     return Run(P, type, a.dimensions(), o.dimensions(), b.dimensions(), a.untyped_data(),
-               o.untyped_data(), b.untyped_data(), strides, dilation, pad_lo, pad_hi,
-               winograd != 0);
+               o.untyped_data(), b.untyped_data(), strides, dilation, pad_lo, pad_hi, w);
   }
 }
 
