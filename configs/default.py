@@ -26,7 +26,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'num_classes': 10,         # synthetic only
       'synthetic_size': 2048,    # synthetic only: training examples (test = 1/4 of it)
   })
-  c.augment = ml_collections.ConfigDict({'crop_padding': 2, 'flip': True})
+  # cutout: side of a square zeroed per training image after normalization (0 = off)
+  c.augment = ml_collections.ConfigDict({'crop_padding': 2, 'flip': True, 'cutout': 0})
 
   c.optimizer = ml_collections.ConfigDict({
       'name': 'sgd',           # sgd | adam | adamw | adadelta | rmsprop

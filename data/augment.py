@@ -31,6 +31,25 @@ def random_flip(key: jax.Array, x: jax.Array) -> jax.Array:
   return jnp.where(flip, jnp.flip(x, axis=-2), x)
 
 
+def cutout(key: jax.Array, x: jax.Array, size: int) -> jax.Array:
+  """Zeroes one `size`-wide square (cube, segment: every spatial dim) per example, centred
+  uniformly over the input so it may hang over the border (DeVries & Taylor 2017, "Improved
+  Regularization of Convolutional Neural Networks with Cutout"). Applied to normalized inputs,
+  zero is the training set's mean."""
+  if size <= 0:
+    return x
+  n, *spatial, _ = x.shape
+  cut = jnp.ones((n,) + (1,) * (x.ndim - 1), bool)
+  for axis, (k, extent) in enumerate(zip(jax.random.split(key, len(spatial)), spatial)):
+    start = jax.random.randint(k, (n,), 0, extent) - size // 2
+    pos = jnp.arange(extent)
+    inside = (pos >= start[:, None]) & (pos < start[:, None] + size)   # (n, extent)
+    shape = [n] + [1] * (x.ndim - 1)
+    shape[axis + 1] = extent
+    cut = cut & inside.reshape(shape)
+  return jnp.where(cut, jnp.zeros((), x.dtype), x)
+
+
 def augment(key: jax.Array, x: jax.Array, crop_padding: int, flip: bool) -> jax.Array:
   k_crop, k_flip = jax.random.split(key)
   x = random_crop(k_crop, x, crop_padding)

@@ -1,6 +1,7 @@
 """The training system end to end: results, real data, TFDS, resume, non-finite stop, bad input."""
 
 import glob
+import json
 import importlib.util
 import os
 import signal
@@ -11,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, flat_leaves, load_results, load_state, overrides, run_main
+from conftest import REPO, TINY, flat_leaves, load_results, load_state, overrides, run_main
 
 from configs import default
 from errors import UserError
@@ -84,6 +85,39 @@ def test_real_fashion_mnist_subset_learns(workdir):
   c.batch_size, c.num_epochs, c.log_every_steps = 64, 3, 32
   r = loop.train_and_evaluate(c, workdir)
   assert r['test_accuracy'] > 0.7, r['history']  # chance is 0.1
+
+
+def test_cutout_zeroes_one_square_per_example():
+  import jax
+  from data import augment
+  x = np.ones((512, 10, 12, 2), np.float32)
+  out = np.asarray(augment.cutout(jax.random.key(0), x, 4))
+  areas = []
+  for img in out:
+    assert (img[..., 0] == img[..., 1]).all()  # the same square in every channel
+    rows, cols = np.nonzero(img[..., 0] == 0)
+    h, w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    assert h <= 4 and w <= 4 and len(rows) == h * w  # one axis-aligned box, at most 4x4
+    areas.append(len(rows))
+  assert min(areas) >= 4 and max(areas) == 16  # centres near a border cut partial squares
+  assert len({tuple(np.argwhere(i[..., 0] == 0)[0]) for i in out}) > 50  # positions vary
+  np.testing.assert_array_equal(augment.cutout(jax.random.key(0), x, 0), x)  # 0 = off
+  seq = np.asarray(augment.cutout(jax.random.key(1), np.ones((8, 128, 4)), 16))  # 1-D inputs
+  assert ((seq == 0).sum(axis=(1, 2)) <= 16 * 4).all() and (seq == 0).any()
+
+
+def test_cutout_reaches_the_train_step(workdir):
+  """A square wider than the images erases every input: the net sees only zeros, so its logits
+  start at 0 (loss ln 10 on 10 synthetic classes) and can learn no more than the class prior
+  (the same run without cutout starts near 9 and moves by whole units)."""
+  from train import loop
+  c = default.get_config()
+  for key, value in {**TINY, 'num_train_steps': 16, 'augment.cutout': 40}.items():
+    parent, _, leaf = key.rpartition('.')
+    (c[parent] if parent else c)[leaf] = value
+  r = loop.train_and_evaluate(c, workdir)
+  losses = np.array([loss for _, loss, _ in r['train_log']])
+  np.testing.assert_allclose(losses, np.log(10), atol=0.05, err_msg=str(r['train_log']))
 
 
 def test_tfds_path_with_mock_data(workdir):
@@ -160,6 +194,7 @@ def _bad(tmp_path, *args, devices=1):
     (['--config.model.depth=-2'], 'depth must be positive'),
     (['--config.model.widths=8,0,16'], 'width'),
     (['--config.batch_size=0'], 'batch_size must be positive'),
+    (['--config.augment.cutout=-1'], 'augment.cutout must be >= 0'),
     (['--config.model.nonexistent_knob=3'], 'unknown config key'),
     (['--config=configs/default.py:nonexistent=3'], 'unknown config key'),
 ])
@@ -202,3 +237,13 @@ def test_other_experiment_in_workdir_is_refused_and_kept(workdir):
   assert proc.returncode == 2 and 'different config' in errs[0] and 'model.layers' in errs[0]
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == before
   assert load_results(workdir) == results
+  # A run from before a config key existed resumes when the key keeps its default value.
+  path = os.path.join(workdir, 'config.json')
+  with open(path) as f:
+    saved = json.load(f)
+  del saved['augment']['cutout']
+  with open(path, 'w') as f:
+    json.dump(saved, f)
+  run_main([f'--workdir={workdir}', *overrides()])
+  proc, errs = _bad(None, f'--workdir={workdir}', *overrides(**{'augment.cutout': 4}))
+  assert proc.returncode == 2 and 'augment.cutout' in errs[0]

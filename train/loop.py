@@ -30,6 +30,7 @@ from absl import logging
 from clu import metrics as clu_metrics
 
 import models
+from configs import default as default_config
 from models import summary
 from data import augment as augment_lib
 from data import datasets
@@ -106,8 +107,9 @@ def validate(config: ml_collections.ConfigDict, workdir: str,
     raise UserError(f'ema_decay must be in [0, 1), got {config.ema_decay}')
   if not 0.0 <= config.label_smoothing < 1.0:
     raise UserError(f'label_smoothing must be in [0, 1), got {config.label_smoothing}')
-  if config.augment.crop_padding < 0:
-    raise UserError(f'augment.crop_padding must be >= 0, got {config.augment.crop_padding}')
+  for key in ('crop_padding', 'cutout'):
+    if config.augment[key] < 0:
+      raise UserError(f'augment.{key} must be >= 0 (0 = off), got {config.augment[key]}')
   n_dev = jax.device_count()
   if config.batch_size % n_dev:
     raise UserError(f'batch_size {config.batch_size} is not divisible by the {n_dev} devices; '
@@ -142,8 +144,11 @@ def check_resumable(config, workdir: str) -> None:
   with open(path) as f:
     old = _flat(json.load(f))
   new = _flat(json.loads(config.to_json()))
+  # A key the run's config.json lacks was added to the code since; at its default value
+  # (which keeps the old behaviour) it is no difference.
+  defaults = _flat(json.loads(default_config.get_config().to_json()))
   diff = sorted(k for k in set(old) | set(new)
-                if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+                if k not in RESUMABLE_CHANGES and old.get(k, defaults.get(k)) != new.get(k))
   if diff:
     raise UserError(f'workdir {workdir} holds a run with a different config ({", ".join(diff[:5])}); '
                     'use a new --workdir or the same config to resume')
@@ -192,6 +197,7 @@ def make_train_step(model, tx, config, steps_per_epoch: int, mesh):
     idx = jax.lax.with_sharding_constraint(jax.lax.dynamic_slice(perm, (start,), (batch,)), shard)
     x = augment_lib.augment(k_aug, images[idx], aug.crop_padding, aug.flip)
     x = augment_lib.normalize(x, mean, std)
+    x = augment_lib.cutout(jax.random.fold_in(k_aug, 1), x, aug.cutout)
     y = labels[idx]
 
     def loss_fn(params):
