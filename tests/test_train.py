@@ -102,7 +102,7 @@ def test_cutout_zeroes_one_square_per_example():
   assert min(areas) >= 4 and max(areas) == 16  # centres near a border cut partial squares
   assert len({tuple(np.argwhere(i[..., 0] == 0)[0]) for i in out}) > 50  # positions vary
   np.testing.assert_array_equal(augment.cutout(jax.random.key(0), x, 0), x)  # 0 = off
-  seq = np.asarray(augment.cutout(jax.random.key(1), np.ones((8, 128, 4)), 16))  # 1-D inputs
+  seq = np.asarray(augment.cutout(jax.random.key(1), np.ones((8, 128, 4), np.float32), 16))  # 1-D
   assert ((seq == 0).sum(axis=(1, 2)) <= 16 * 4).all() and (seq == 0).any()
 
 
