@@ -1,8 +1,8 @@
 """The training system end to end: results, real data, TFDS, resume, non-finite stop, bad input."""
 
 import glob
-import json
 import importlib.util
+import json
 import os
 import signal
 import subprocess
