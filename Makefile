@@ -1,6 +1,6 @@
 # The two commands of README.md: `make run` (train the default experiment) and `make test`.
 # Each one sets up what it needs first: a venv from requirements.txt and, where apt exists,
-# Debian's Fashion-MNIST package, tcmalloc (main.py preloads it) and the oneDNN kernels.
+# Debian's Fashion-MNIST package, tcmalloc (kernels/runtime.py preloads it) and the oneDNN kernels.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -42,7 +42,7 @@ $(VENV)/.installed: requirements.txt
 data:
 	$(call apt_install,[ -f $(FMNIST) ],dataset-fashion-mnist)
 
-# main.py re-executes itself with tcmalloc preloaded when it is installed (see its header).
+# main.py re-executes itself with tcmalloc preloaded when it is installed (kernels/runtime.py).
 tcmalloc:
 	$(call apt_install,ls /usr/lib/*/libtcmalloc_minimal.so.4,libtcmalloc-minimal4)
 

@@ -59,11 +59,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.dtype = 'float32'          # compute dtype: float32 | bfloat16 (parameters stay float32)
   # Convolution kernels: auto | onednn | xla. auto = oneDNN's on a CPU with AVX-512 when the
   # run can use them (one CPU device, `make kernels` built), XLA's otherwise: the faster of the
-  # two on each CPU measured (README "Speed"). The same math either way.
+  # two on each CPU measured (docs/speed.md). The same math either way.
   c.conv_impl = 'auto'
   # Algorithm of the oneDNN convolutions: auto | direct. auto = Winograd on the f32 3x3 stride-1
-  # layers where it measured faster (2-2.5x per layer on an AVX-512 CPU, README "Speed", change
-  # 10), direct elsewhere; direct = direct everywhere. XLA's convolutions have no such choice.
+  # layers where it measured faster (2-2.5x per layer on an AVX-512 CPU, docs/speed.md),
+  # direct elsewhere; direct = direct everywhere. XLA's convolutions have no such choice.
   c.conv_algorithm = 'auto'
 
   c.log_every_steps = 100

@@ -2,7 +2,7 @@
 epochs with what the CIFAR-10 speed records use where it helps here (airbench: data on device,
 label smoothing, flip test-time augmentation, one-cycle schedule) and cutout, at batch 64 (the
 fastest batch size on 2 CPU cores, and more steps per epoch). Evaluated every 5 epochs, so
-evaluation stays a small share of the 30-minute budget. Measured numbers in README.md ("Speed").
+evaluation stays a small share of the 30-minute budget. Measured numbers in docs/fast.md.
 
 The layout moves SimpleNet-310K's first pool up to after its second conv and narrows the stem to
 32: 292,298 parameters and half the FLOPs per step (7.4 vs 14.9 GFLOP at batch 64), so an epoch

@@ -1,13 +1,22 @@
-"""On-device batch preparation: augmentation and normalization inside the jitted step.
+"""Training-batch preparation: augmentations as named ops, and the input normalization.
 
-All functions are pure JAX on a batch (N, *spatial, C); per-example randomness comes from
-one key, so the result does not depend on how the batch is sharded over devices.
+Every op is pure JAX on a batch (N, *spatial, C) and takes its randomness from one key, so the
+result does not depend on how the batch is sharded over devices. `pipeline(config.augment)` is
+the list of ops a run applies, in order, and `apply` is the one place they run: ops on raw
+pixels, then the normalization, then ops on normalized inputs (cutout's zero is the mean).
+A new augmentation is a function here, an entry in OPS and an `augment.*` config key.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from errors import UserError
 
 
 def random_crop(key: jax.Array, x: jax.Array, padding: int) -> jax.Array:
@@ -50,12 +59,78 @@ def cutout(key: jax.Array, x: jax.Array, size: int) -> jax.Array:
   return jnp.where(cut, jnp.zeros((), x.dtype), x)
 
 
-def augment(key: jax.Array, x: jax.Array, crop_padding: int, flip: bool) -> jax.Array:
-  k_crop, k_flip = jax.random.split(key)
-  x = random_crop(k_crop, x, crop_padding)
-  return random_flip(k_flip, x) if flip else x
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+  """The input normalization a run trained with: uint8-range pixels -> per-channel
+  standardized float32, with the training set's mean and std in pixel units (0-255).
+  Saved with every checkpoint and in results.json, so an analysis feeds a trained net exactly
+  what it saw; `x` may be uint8 or float pixels in [0, 255] (attacks work in that range)."""
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    mean = jnp.asarray(np.asarray(self.mean, np.float32))
+    std = jnp.asarray(np.asarray(self.std, np.float32))
+    return (x.astype(jnp.float32) - mean) / std
+
+  @classmethod
+  def from_images(cls, images: np.ndarray) -> 'Preprocess':
+    """Per-channel statistics of uint8 training images (std at least 1, as for constant data)."""
+    axes = tuple(range(images.ndim - 1))
+    mean = images.mean(axis=axes, dtype=np.float64).astype(np.float32)
+    std = np.maximum(images.std(axis=axes, dtype=np.float64), 1.0).astype(np.float32)
+    return cls(tuple(float(m) for m in mean), tuple(float(s) for s in std))
+
+  def to_json(self) -> dict:
+    return {'mean': list(self.mean), 'std': list(self.std), 'pixel_range': [0, 255]}
+
+  @classmethod
+  def from_json(cls, d: dict) -> 'Preprocess':
+    return cls(tuple(float(m) for m in d['mean']), tuple(float(s) for s in d['std']))
 
 
-def normalize(x: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
-  """uint8 -> float32, per-channel standardized with the training set's statistics."""
-  return (x.astype(jnp.float32) - mean) / std
+@dataclasses.dataclass(frozen=True)
+class Op:
+  """One augmentation: `fn(key, x)`, on raw pixels or after the normalization."""
+  name: str
+  fn: Callable[[jax.Array, jax.Array], jax.Array]
+  normalized: bool = False
+
+
+# Each op's key from the step's augmentation key (the derivation the ops have always used,
+# so a run resumed across versions sees the same randomness).
+_KEYS = {'crop': lambda k: jax.random.split(k)[0], 'flip': lambda k: jax.random.split(k)[1],
+         'cutout': lambda k: jax.random.fold_in(k, 1)}
+
+# name -> (config key that switches it on, op builder from that value, on normalized inputs)
+OPS = {
+    'crop': ('crop_padding', lambda v: lambda k, x: random_crop(k, x, v), False),
+    'flip': ('flip', lambda v: random_flip, False),
+    'cutout': ('cutout', lambda v: lambda k, x: cutout(k, x, v), True),
+}
+
+
+def check(aug_cfg) -> None:
+  for key in ('crop_padding', 'cutout'):
+    if aug_cfg[key] < 0:
+      raise UserError(f'augment.{key} must be >= 0 (0 = off), got {aug_cfg[key]}')
+
+
+def pipeline(aug_cfg) -> tuple[Op, ...]:
+  """The ops `config.augment` switches on, in the order they run."""
+  return tuple(Op(name, build(aug_cfg[key]), normalized)
+               for name, (key, build, normalized) in OPS.items() if aug_cfg[key])
+
+
+def apply(ops: tuple[Op, ...], key: jax.Array, images: jax.Array,
+          preprocess: Callable[[jax.Array], jax.Array]) -> jax.Array:
+  """uint8 images -> the normalized, augmented training inputs."""
+  x = images
+  for op in ops:
+    if not op.normalized:
+      x = op.fn(_KEYS[op.name](key), x)
+  x = preprocess(x)
+  for op in ops:
+    if op.normalized:
+      x = op.fn(_KEYS[op.name](key), x)
+  return x

@@ -18,6 +18,7 @@ from typing import Optional
 import numpy as np
 
 from errors import UserError
+import util
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,15 +55,21 @@ class Split:
 
 
 def info(ds_cfg) -> DatasetInfo:
-  """The dataset's example shape and class count (synthetic: from the config)."""
+  """The dataset's example shape and class count (synthetic: from the config); also checks
+  the dataset settings that need no data."""
+  for key in ('train_size', 'test_size'):
+    if ds_cfg[key] < 0:
+      raise UserError(f'dataset.{key} must be >= 0 (0 = all examples), got {ds_cfg[key]}')
+  if ds_cfg.synthetic_size <= 0:
+    raise UserError(f'dataset.synthetic_size must be positive, got {ds_cfg.synthetic_size}')
   name = ds_cfg.name
   if name not in DATASETS:
     raise UserError(f'unknown dataset {name!r}; known datasets: {", ".join(sorted(DATASETS))}')
   d = DATASETS[name]
   if name == 'synthetic':
     try:
-      shape = tuple(int(s) for s in str(ds_cfg.image_shape).split(',') if s.strip())
-    except ValueError:
+      shape = tuple(util.parse_list('dataset.image_shape', ds_cfg.image_shape, int))
+    except UserError:
       shape = ()
     if len(shape) < 2 or min(shape) < 1:
       raise UserError(f"dataset.image_shape must be positive ints like '32,32,3' (spatial dims, "
@@ -171,18 +178,29 @@ def _synthetic(d: DatasetInfo, n: int, seed: int) -> Split:
   return Split(np.clip(protos[labels] + noise, 0, 255).astype(np.uint8), labels)
 
 
-def load(ds_cfg) -> tuple[Split, Split, DatasetInfo]:
-  """(train, test, info) in host memory, uint8 images and int32 labels."""
+def load_split(ds_cfg, split: str) -> Split:
+  """One split ('train' or 'test') in host memory, uint8 images and int32 labels, cut to
+  `dataset.train_size` / `test_size` as a run sees it."""
   d = info(ds_cfg)
   source = resolve_source(ds_cfg)
   if source == 'synthetic':
     n = int(ds_cfg.synthetic_size)
-    train, test = _synthetic(d, n, 0), _synthetic(d, max(1, n // 4), 1)
+    out = _synthetic(d, n, 0) if split == 'train' else _synthetic(d, max(1, n // 4), 1)
   else:
-    loader = _load_idx if source == 'idx' else _load_tfds
-    train, test = loader(ds_cfg, d, 'train'), loader(ds_cfg, d, 'test')
-  if ds_cfg.train_size:
-    train = Split(train.images[:ds_cfg.train_size], train.labels[:ds_cfg.train_size])
-  if ds_cfg.test_size:
-    test = Split(test.images[:ds_cfg.test_size], test.labels[:ds_cfg.test_size])
-  return train, test, d
+    out = (_load_idx if source == 'idx' else _load_tfds)(ds_cfg, d, split)
+  size = ds_cfg.train_size if split == 'train' else ds_cfg.test_size
+  return Split(out.images[:size], out.labels[:size]) if size else out
+
+
+def load(ds_cfg) -> tuple[Split, Split, DatasetInfo]:
+  """(train, test, info) in host memory, uint8 images and int32 labels."""
+  return load_split(ds_cfg, 'train'), load_split(ds_cfg, 'test'), info(ds_cfg)
+
+
+def identity(ds_cfg, d: DatasetInfo, num_train: int, num_test: int) -> dict:
+  """What results.json and the checkpoints record of a run's data: enough to get its test
+  split back and to know which data it was."""
+  return {'name': d.name, 'shape': list(d.shape), 'num_classes': d.num_classes,
+          'source': resolve_source(ds_cfg), 'test_split': d.test_split,
+          'num_train': num_train, 'num_test': num_test,
+          'train_size': int(ds_cfg.train_size), 'test_size': int(ds_cfg.test_size)}

@@ -16,41 +16,29 @@ convolutions) falls through to XLA (`kernels/xla_conv.py` in training steps,
 The VJP is first order: gradients w.r.t. inputs and kernels work (training, saliency,
 adversarial attacks); second derivatives and forward-mode JVPs need `conv_impl='xla'`.
 
-Which implementation a run uses is decided once per process by `select` (config key
-`conv_impl`: 'auto', the default, 'onednn' or 'xla'), and with it which algorithm oneDNN runs
-(config key `conv_algorithm`): 'auto', the default, asks for oneDNN's Winograd convolutions
-where they measured faster (f32 3x3 stride-1 layers with at least 16 input and output
-channels on a map of at least 4x4, README "Speed", change 10; oneDNN has them on AVX-512 CPUs
-and runs its direct ones where it has not), 'direct' never does. Winograd computes the same
-convolution with fewer multiplications and a different rounding (relative differences ~1e-6
-on these layers, like XLA's vs oneDNN's direct kernels).
+Which implementation a run uses, and whether oneDNN may pick Winograd, is decided by
+kernels/convolutions.py (config keys `conv_impl` and `conv_algorithm`); the choice reaches the
+models as an attribute, never as a global. Winograd computes the same convolution with fewer
+multiplications and a different rounding (relative differences ~1e-6, like XLA's vs oneDNN's
+direct kernels).
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
-import os
 import pathlib
-import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from errors import UserError
 from kernels import xla_conv
 
 LIBRARY = pathlib.Path(__file__).resolve().parent / 'build' / 'libonednn_conv.so'
-IMPLS = ('auto', 'xla', 'onednn')
-ALGORITHMS = ('auto', 'direct')
 _TARGETS = {'fwd': 'OnednnConvForward', 'bwd_data': 'OnednnConvBackwardData',
             'bwd_weights': 'OnednnConvBackwardWeights'}
-
-_active = False  # set by `select`; read when a model is traced
-_winograd = True  # conv_algorithm='auto' (set by `select`)
 
 
 @functools.cache
@@ -90,92 +78,14 @@ def cpu_has_avx512() -> bool:
     return False
 
 
-def select(impl: str, algorithm: str = 'auto') -> str:
-  """Chooses the convolution implementation for this process; returns 'onednn' or 'xla'.
-
-  'auto' (the default) takes oneDNN where it measured faster and can run: the CPU backend
-  on a CPU with AVX-512, one device in the whole run (the FFI call is not partitioned across
-  devices, so data-parallel runs keep XLA's convolutions), and the library built. On AVX2-only
-  CPUs XLA's convolutions measured faster (README "Speed"). 'onednn' insists (any x86 CPU) and
-  fails with the reason; 'xla' never uses it. `algorithm` is conv_algorithm (module docstring).
-  """
-  global _active, _winograd
-  if impl not in IMPLS:
-    raise UserError(f'unknown conv_impl {impl!r}; choose one of {", ".join(IMPLS)}')
-  if algorithm not in ALGORITHMS:
-    raise UserError(f'unknown conv_algorithm {algorithm!r}; choose one of {", ".join(ALGORITHMS)}')
-  _winograd = algorithm == 'auto'
-  reason = None
-  if impl == 'xla':
-    reason = 'conv_impl=xla'
-  elif jax.default_backend() != 'cpu':
-    reason = f'the backend is {jax.default_backend()}, not cpu'
-  elif impl == 'auto' and not cpu_has_avx512():
-    reason = 'the CPU has no AVX-512 (XLA\'s convolutions measured faster there)'
-  elif jax.device_count() != 1:
-    reason = (f'the run has {jax.device_count()} devices; the oneDNN call is single-device '
-              '(use conv_impl=xla or auto)')
-  else:
-    reason = load_error()
-  if reason and impl == 'onednn':
-    raise UserError(f'conv_impl=onednn is unavailable: {reason}')
-  _active = reason is None
-  return current()
-
-
-def active() -> bool:
-  return _active
-
-
-def current() -> str:
-  """The convolution implementation this process uses: 'onednn' or 'xla'."""
-  return 'onednn' if _active else 'xla'
-
-
-def algorithm() -> str | None:
-  """The oneDNN convolutions' conv_algorithm ('auto' or 'direct'); None with XLA's."""
-  return ('auto' if _winograd else 'direct') if _active else None
-
-
-_YNN_FLAG = re.compile(r'--xla_cpu_experimental_ynn_fusion_type=(\S*)')
-_YNN_ELTWISE = 'LIBRARY_FUSION_TYPE_ELTWISE'
-
-
-def compiler_options() -> dict[str, str] | None:
-  """XLA options for the train and eval steps: with oneDNN's convolutions, YNNPACK's
-  elementwise fusions are left out (the other YNNPACK fusion types in XLA_FLAGS stay).
-
-  With them, XLA materializes full-size arrays of broadcast per-channel BatchNorm factors and
-  of ReLU's zero for YNNPACK to read; without them XLA fuses that work into its own loops.
-  Measured in one process on an AVX-512 Xeon, oneDNN convolutions: SimpleNet-310K's step 1.15x
-  and SimpleNet-5M's 1.17x faster (README "Speed", change 11). With XLA's convolutions it made
-  no difference there and the global setting stays as main.py chose it."""
-  match = _YNN_FLAG.search(os.environ.get('XLA_FLAGS', ''))
-  if not _active or not match or _YNN_ELTWISE not in match.group(1).split(','):
-    return None
-  kept = [t for t in match.group(1).split(',') if t != _YNN_ELTWISE]
-  return {'xla_cpu_experimental_ynn_fusion_type': ','.join(kept)}
-
-
-@contextlib.contextmanager
-def disabled():
-  """Traces with XLA's convolutions inside (e.g. for XLA's FLOP count of the same step)."""
-  global _active
-  saved, _active = _active, False
-  try:
-    yield
-  finally:
-    _active = saved
-
-
 def _out_size(n: int, k: int, stride: int, dilation: int, lo: int, hi: int) -> int:
   return (n + lo + hi - dilation * (k - 1) - 1) // stride + 1
 
 
 def wants_winograd(x_shape, kernel_shape, dtype, strides, dilation) -> bool:
-  """Whether a convolution asks oneDNN for Winograd: conv_algorithm='auto' and a layer where it
-  measured faster than direct (README "Speed", change 10)."""
-  return (_winograd and dtype == jnp.float32 and len(x_shape) == 4
+  """Whether a layer is one where oneDNN's Winograd measured faster than direct (f32 3x3
+  stride-1, >= 16 channels in and out, maps of at least 4x4; docs/speed.md)."""
+  return (dtype == jnp.float32 and len(x_shape) == 4
           and tuple(kernel_shape[:2]) == (3, 3) and tuple(strides) == (1, 1)
           and tuple(dilation) == (1, 1) and min(kernel_shape[2:]) >= 16
           and min(x_shape[1:3]) >= 4)
@@ -220,15 +130,15 @@ conv.defvjp(_conv_fwd, _conv_bwd)
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          batch_group_count=1, precision=None, preferred_element_type=None,
-                         fallback=lax.conv_general_dilated):
-  """`lax.conv_general_dilated`, through oneDNN when `select` chose it and the call fits;
-  otherwise through `fallback` (same signature)."""
+                         fallback=lax.conv_general_dilated, winograd: bool = True):
+  """`lax.conv_general_dilated` through oneDNN when the call fits (else through `fallback`,
+  same signature); `winograd=False` keeps oneDNN on its direct kernels."""
   nd = lhs.ndim - 2
   lhs_dilation = tuple(lhs_dilation or (1,) * nd)
   rhs_dilation = tuple(rhs_dilation or (1,) * nd)
   dnums = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
   dtype = lhs.dtype
-  fits = (_active and 1 <= nd <= 3 and rhs.dtype == dtype
+  fits = (load_error() is None and 1 <= nd <= 3 and rhs.dtype == dtype
           and (dtype == jnp.float32 or (dtype == jnp.bfloat16 and supports_bf16()))
           and preferred_element_type in (None, dtype) and feature_group_count == 1
           and batch_group_count == 1 and set(lhs_dilation) == {1}
@@ -238,6 +148,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                     dimension_numbers, feature_group_count, batch_group_count, precision,
                     preferred_element_type)
   lo, hi = zip(*xla_conv.explicit_padding(lhs, rhs, window_strides, padding, rhs_dilation))
-  winograd = wants_winograd(lhs.shape, rhs.shape, dtype, window_strides, rhs_dilation)
+  winograd = winograd and wants_winograd(lhs.shape, rhs.shape, dtype, window_strides,
+                                         rhs_dilation)
   geometry = (tuple(window_strides), rhs_dilation, tuple(lo), tuple(hi), winograd)
   return conv(lhs, rhs, geometry)

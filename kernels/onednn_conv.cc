@@ -9,11 +9,11 @@
 // primitive asks for (kernels are small next to activations); Winograd convolutions (f32 3x3
 // stride 1, where kernels/onednn.py asks for them and oneDNN has them) also reorder the
 // activations into and out of a blocked layout, which costs far less than the multiplications
-// they save (README "Speed", change 10). Primitives are built once per geometry and cached.
+// they save (docs/speed.md). Primitives are built once per geometry and cached.
 //
 // Build: see the `kernels` target of the Makefile (g++ against Debian's libdnnl-dev and the
 // FFI headers that ship with jaxlib). Compiles against oneDNN 2.x (Debian's 2.6) and 3.x (tested
-// with 3.2 from PyPI's onednn-cpu-gomp; measured slower inside the train step, README "Speed").
+// with 3.2 from PyPI's onednn-cpu-gomp; measured slower inside the train step, docs/speed.md).
 
 #include <cstdint>
 #include <cstdlib>

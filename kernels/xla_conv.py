@@ -1,6 +1,6 @@
 """How convolutions reach XLA's CPU backend: two lowering choices, same math.
 
-Measured on 2-core AMD EPYC machines (README "Speed", change 7):
+Measured on 2-core AMD EPYC machines (docs/speed.md):
 
 * *Keep convolutions out of YNNPACK's elementwise fusions.* With
   `LIBRARY_FUSION_TYPE_ELTWISE` (set by main.py, worth ~30% for BatchNorm and ReLU), XLA
@@ -19,8 +19,9 @@ Measured on 2-core AMD EPYC machines (README "Speed", change 7):
   forward and backward instead of 137.
 
 Both apply only while tracing for the CPU backend (accelerators get `lax.conv_general_dilated`
-unchanged; cuDNN fuses conv + bias itself), and models/layers.ConvNormAct uses them only in
-training steps, so inference graphs, which `--mode=summary` reads, keep the plain convolution.
+unchanged; cuDNN fuses conv + bias itself), and kernels/convolutions.py hands them to the
+models for training steps only, so inference graphs, which `--mode=summary` reads, keep the
+plain convolution.
 """
 
 from __future__ import annotations

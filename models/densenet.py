@@ -87,7 +87,8 @@ def build(knobs: dict, num_classes: int, dtype: Any, *, depth: int, growth: int,
           stem: str) -> DenseNet:
   """Registry builder; `depth`, `growth` and `stem` ('imagenet' | 'cifar') name the variant."""
   k = layers.resolve_knobs(knobs, dtype, norm='batch', act='relu', init='he', pool='avg',
-                           global_pool='avg', conv_bias=False)
+                           global_pool='avg', conv_bias=False,
+                           uses=('depth', 'layers', 'one_by_one'))
   bottleneck = k.one_by_one != 'none'
   depth = k.depth or depth
   if k.layers:

@@ -114,7 +114,7 @@ def build(knobs: dict, num_classes: int, dtype: Any) -> GoogLeNet:
   """Registry builder (reference: batch norm, ReLU, max pools, dropout 0.2, no aux heads)."""
   k = layers.resolve_knobs(knobs, dtype, norm='batch', act='relu', init='he', pool='max',
                            global_pool='avg', dropout=0.2, conv_bias=False,
-                           pools=('max', 'avg'))
+                           pools=('max', 'avg'), uses=('one_by_one', 'aux_heads'))
   return GoogLeNet(k=k, num_classes=num_classes, reduce=k.one_by_one != 'none',
                    aux_heads=bool(knobs.get('aux_heads')))
 

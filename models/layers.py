@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import math
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -19,8 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax import lax
+
 from errors import UserError
-from kernels import onednn, xla_conv
+import util
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     'relu': nn.relu,
@@ -96,6 +97,9 @@ class ConvNormAct(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   dtype: Any = jnp.float32
+  # Which conv_general_dilated to call: an object with `train` and `infer` attributes
+  # (kernels.convolutions.Convolutions); None = lax.conv_general_dilated in both.
+  convolutions: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -105,9 +109,9 @@ class ConvNormAct(nn.Module):
       # Symmetric, as PyTorch pads: the same sizes as XLA's SAME, but a strided conv then
       # samples the positions a stride-2 slice (ResNet's option-A shortcut) keeps.
       padding = self.kernel // 2
-    conv = onednn.conv_general_dilated
-    if train:  # XLA CPU lowering choices (kernels/xla_conv.py); inference keeps the plain conv
-      conv = functools.partial(conv, fallback=xla_conv.conv_general_dilated)
+    conv = lax.conv_general_dilated
+    if self.convolutions is not None:
+      conv = self.convolutions.train if train else self.convolutions.infer
     x = nn.Conv(self.features, tuple_nd(self.kernel, nd), strides=tuple_nd(self.stride, nd),
                 padding=padding, use_bias=self.use_bias,
                 kernel_init=initializer(self.kernel_init), dtype=self.dtype,
@@ -120,7 +124,7 @@ class ConvNormAct(nn.Module):
 
 def pool(x: jax.Array, kind: str, window: int = 2, stride: int = 2,
          padding: str | int = 'VALID', ceil: bool = False) -> jax.Array:
-  """Max/average pooling over all spatial dims ('conv' pooling is a module: see Downsample).
+  """Max/average pooling over all spatial dims ('conv' pooling is a layer: Knobs.downsample).
 
   An int `padding` pads both sides of every spatial dim; `ceil=True` rounds the output size
   up like PyTorch's ceil_mode (torchvision's GoogLeNet and SqueezeNet depend on it).
@@ -204,24 +208,6 @@ def _tiled_max_pool_bwd(window, residuals, g):
 tiled_max_pool.defvjp(_tiled_max_pool_fwd, _tiled_max_pool_bwd)
 
 
-class Downsample(nn.Module):
-  """Halves the spatial size: max pool, average pool or a learned strided conv (All-CNN)."""
-  kind: str = 'max'
-  window: int = 2
-  stride: int = 2
-  norm: str = 'batch'
-  act: str = 'relu'
-  kernel_init: str = 'he'
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    if self.kind == 'conv':
-      return ConvNormAct(x.shape[-1], kernel=3, stride=self.stride, norm=self.norm,
-                         act=self.act, kernel_init=self.kernel_init, dtype=self.dtype)(x, train)
-    return pool(x, self.kind, self.window, self.stride)
-
-
 def global_pool(x: jax.Array, kind: str) -> jax.Array:
   """(N, *spatial, C) -> (N, C) by max or average over every spatial position."""
   axes = tuple(range(1, x.ndim - 1))
@@ -275,7 +261,9 @@ class Knobs:
   layers: str = ''  # family-specific: a layout (plain stacks) or blocks per stage
   one_by_one: str = 'default'
   num_one_by_one: int | None = None
+  bn_momentum: float = 0.9
   dtype: Any = jnp.float32
+  convolutions: Any = None  # see ConvNormAct
 
   def width(self, w: int) -> int:
     """A reference width scaled by the width multiplier (rounded, at least 1)."""
@@ -294,7 +282,8 @@ class Knobs:
                        use_bias=self.conv_bias if bias is None else bias,
                        norm=self.norm if norm is None else norm,
                        act=self.act if act is None else act, kernel_init=self.init,
-                       dtype=self.dtype, **kw)
+                       bn_momentum=self.bn_momentum, dtype=self.dtype,
+                       convolutions=self.convolutions, **kw)
 
   def dense(self, features: int, **kw) -> nn.Dense:
     """A dense layer with this family's initializer and dtype."""
@@ -312,13 +301,13 @@ class Knobs:
 
 def ints(name: str, text: str) -> tuple[int, ...]:
   """'3,4,6,3' -> (3, 4, 6, 3), positive ints only (UserError naming the knob otherwise)."""
-  try:
-    values = tuple(int(s) for s in str(text).split(',') if s.strip())
-  except ValueError:
-    raise UserError(f'{name} must be comma-separated integers, got {text!r}') from None
-  if any(v < 1 for v in values):
-    raise UserError(f'every value of {name} must be positive, got {text!r}')
-  return values
+  return tuple(util.parse_list(name, text, int, positive=True))
+
+
+# Knobs only some families use, with their "not set" value; the universal knobs (width,
+# kernel size, norm, activation, init, dropout, pooling, conv bias) apply to every family.
+OPTIONAL_KNOBS = {'depth': None, 'widths': '', 'layers': '', 'one_by_one': 'default',
+                  'num_one_by_one': None, 'aux_heads': False}
 
 
 def resolve_knobs(knobs: dict, dtype: Any = jnp.float32, *, norm: str = 'batch',
@@ -326,14 +315,21 @@ def resolve_knobs(knobs: dict, dtype: Any = jnp.float32, *, norm: str = 'batch',
                   global_pool: str | None = 'avg', dropout: float = 0.0,
                   kernel_size: int | None = None,
                   conv_bias: bool = True, pools: Sequence[str] = POOLS,
-                  one_by_one: Sequence[str] | None = ('default', 'none')) -> Knobs:
+                  one_by_one: Sequence[str] | None = ('default', 'none'),
+                  uses: Sequence[str] = ('one_by_one',), bn_momentum: float = 0.9) -> Knobs:
   """Validates the knob dict in Python (bad input fails before anything compiles) and fills
   empty knobs with the family's reference values given as keyword arguments.
 
   `pools` and `one_by_one` list the values this family accepts for those knobs
   (`one_by_one=None`: the family checks it itself). A reference `pool` or `global_pool` of
-  None means the family mixes kinds: the knob stays '' unless the user sets it.
+  None means the family mixes kinds: the knob stays '' unless the user sets it. `uses` names
+  the OPTIONAL_KNOBS the family reads; setting another is refused, as a typo in a config is.
   """
+  ignored = [key for key, unset in OPTIONAL_KNOBS.items()
+             if key not in uses and knobs.get(key, unset) not in (unset, None, '')]
+  if ignored:
+    raise UserError(f'model {knobs.get("name")} does not use the knob {ignored[0]!r} (it uses '
+                    f'{", ".join(uses) or "none of " + ", ".join(OPTIONAL_KNOBS)}); remove it')
   get = lambda key, ref: ref if knobs.get(key) in (None, '') else knobs[key]
   k = Knobs(norm=get('norm', norm), act=get('activation', act), init=get('init', init),
             pool=get('pool', pool or ''), global_pool=get('global_pool', global_pool or ''),
@@ -343,7 +339,8 @@ def resolve_knobs(knobs: dict, dtype: Any = jnp.float32, *, norm: str = 'batch',
             conv_bias=bool(get('conv_bias', conv_bias)), depth=knobs.get('depth'),
             widths=ints('widths', knobs.get('widths') or ''), layers=knobs.get('layers') or '',
             one_by_one=str(get('one_by_one', 'default')),
-            num_one_by_one=knobs.get('num_one_by_one'), dtype=jnp.dtype(dtype))
+            num_one_by_one=knobs.get('num_one_by_one'), bn_momentum=bn_momentum,
+            dtype=jnp.dtype(dtype), convolutions=knobs.get('convolutions'))
   check_knobs(norm=k.norm, pool=k.pool or 'max', global_pool=k.global_pool or 'max', act=k.act,
               init=k.init)
   if k.pool:

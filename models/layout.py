@@ -28,6 +28,7 @@ import re
 from typing import Sequence
 
 from errors import UserError
+import util
 
 POOL = 'p'
 _TOKEN = re.compile(r'^(\d+)(?:k(\d+))?(?:s(\d+))?(n?)$')
@@ -153,10 +154,7 @@ def place_one_by_one(layout: Layout, one_by_one: str, count: int | None, kernel:
 def set_widths(layout: Layout, widths: str, multiplier: float) -> Layout:
   convs, pools = split(layout)
   if widths:
-    try:
-      ws = [int(w) for w in widths.split(',') if w.strip()]
-    except ValueError:
-      raise UserError(f'widths must be comma-separated integers, got {widths!r}') from None
+    ws = util.parse_list('widths', widths, int, positive=True)
     if len(ws) != len(convs):
       raise UserError(f'widths lists {len(ws)} values but the layout has {len(convs)} convs')
     convs = [dataclasses.replace(c, width=w) for w, c in zip(ws, convs)]

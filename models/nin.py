@@ -50,7 +50,8 @@ class NiN(nn.Module):
 def build(knobs: dict, num_classes: int, dtype: Any) -> NiN:
   """Registry builder (reference: ReLU, no normalization, dropout 0.5, global average)."""
   k = layers.resolve_knobs(knobs, dtype, norm='none', act='relu', init='he', pool=None,
-                           global_pool='avg', dropout=0.5)
+                           global_pool='avg', dropout=0.5,
+                           uses=('one_by_one', 'num_one_by_one'))
   count = 0 if k.one_by_one == 'none' else k.num_one_by_one
   return NiN(k=k, num_classes=num_classes, num_one_by_one=count)
 

@@ -1,7 +1,8 @@
 """Name -> model constructor. Adding a model is one file in models/ plus `register` calls.
 
 A builder receives the uniform knob dict (`config.model` as a plain dict, see
-configs/common.py:model_config), the class count and the compute dtype, and returns a Flax
+configs/common.py:model_config, plus the run's `convolutions`, see models/layers.ConvNormAct),
+the class count and the compute dtype, and returns a Flax
 linen Module whose `__call__(x, train)` maps a batch (N, *spatial, C) to logits. Builders
 resolve and validate every knob in Python, so a bad knob fails before anything compiles.
 """
@@ -29,9 +30,15 @@ def names() -> list[str]:
   return sorted(_REGISTRY)
 
 
-def create(model_cfg, num_classes: int, dtype: Any = 'float32') -> nn.Module:
-  """Builds the module named `model_cfg.name` with the knobs in `model_cfg`."""
+def create(model_cfg, num_classes: int, dtype: Any = 'float32',
+           convolutions: Any = None) -> nn.Module:
+  """Builds the module named `model_cfg.name` with the knobs in `model_cfg`.
+
+  `convolutions` (kernels.convolutions.Convolutions) picks the convolution every conv layer
+  calls; None is `lax.conv_general_dilated`, which runs anywhere.
+  """
   knobs = dict(model_cfg.to_dict() if hasattr(model_cfg, 'to_dict') else model_cfg)
+  knobs['convolutions'] = convolutions
   name = knobs.get('name')
   if name not in _REGISTRY:
     raise UserError(f'unknown model {name!r}; known models: {", ".join(names())}')

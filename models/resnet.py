@@ -103,7 +103,8 @@ def build(knobs: dict, num_classes: int, dtype: Any, *, depth: int, stem: str) -
   """Registry builder; `depth` and `stem` ('imagenet' | 'cifar') name the variant."""
   k = layers.resolve_knobs(knobs, dtype, norm='batch', act='relu', init='he', pool=None,
                            global_pool='avg', conv_bias=False,
-                           one_by_one=('default', 'none', 'all'))
+                           one_by_one=('default', 'none', 'all'),
+                           uses=('depth', 'layers', 'widths', 'one_by_one'))
   depth = k.depth or depth
   if stem == 'imagenet':
     if not k.layers and depth not in IMAGENET_DEPTHS:

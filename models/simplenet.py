@@ -22,12 +22,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from errors import UserError
 from models import layers
-from models.layout import (POOL, Conv, Layout, format_layout, join as _join,  # noqa: F401
-                           one_by_one_indices, parse_layout, place_one_by_one, resize_depth,
-                           resolve_layout, set_widths, split as _split)
+from models.layout import POOL, Conv, format_layout, join, parse_layout, resolve_layout, split
 from models.registry import register
+
+LAYOUT_KNOBS = ('depth', 'widths', 'layers', 'one_by_one', 'num_one_by_one')
 
 
 class SimpleNet(nn.Module):
@@ -38,18 +37,11 @@ class SimpleNet(nn.Module):
   no pool follows (SimpNet's Caffe nets, SimpleNet's ImageNet code). `pad_1x1` pads 1x1 convs.
   """
   layout: tuple
+  k: layers.Knobs
   num_classes: int
   dropout: float | tuple = 0.0
-  norm: str = 'batch'
-  act: str = 'relu'
-  kernel_init: str = 'xavier_relu'
-  pool: str = 'max'
-  global_pool: str = 'max'
-  conv_bias: bool = True
-  bn_momentum: float = 0.95  # PyTorch momentum 0.05
   dropout_at: str = 'pool'
   pad_1x1: int = 0
-  dtype: Any = jnp.float32
 
   def _drop(self, x: jax.Array, stage: int, train: bool) -> jax.Array:
     rates = self.dropout if isinstance(self.dropout, tuple) else (self.dropout,)
@@ -57,27 +49,23 @@ class SimpleNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = x.astype(self.dtype)
+    k = self.k
+    x = x.astype(k.dtype)
     stage, last_conv = 0, max(i for i, t in enumerate(self.layout) if t != POOL)
     for i, t in enumerate(self.layout):
       if t == POOL:
         stage += 1
-        x = layers.Downsample(self.pool, norm=self.norm, act=self.act, kernel_init=self.kernel_init,
-                              dtype=self.dtype)(x, train)
-        x = self._drop(x, stage, train)
+        x = self._drop(k.downsample(x, train), stage, train)
         continue
-      x = layers.ConvNormAct(t.width, kernel=t.kernel, stride=t.stride,
-                             padding=self.pad_1x1 if t.kernel == 1 and self.pad_1x1 else 'SAME',
-                             use_bias=self.conv_bias, norm=self.norm if t.norm else 'none',
-                             act=self.act, kernel_init=self.kernel_init,
-                             bn_momentum=self.bn_momentum, dtype=self.dtype)(x, train)
+      x = k.conv(t.width, kernel=t.kernel, stride=t.stride,
+                 padding=self.pad_1x1 if t.kernel == 1 and self.pad_1x1 else 'SAME',
+                 norm=k.norm if t.norm else 'none')(x, train)
       pool_next = i + 1 < len(self.layout) and self.layout[i + 1] == POOL
       if self.dropout_at == 'all' and not pool_next and i != last_conv:
         x = self._drop(x, stage, train)
-    x = layers.global_pool(x, self.global_pool)
+    x = layers.global_pool(x, k.global_pool)
     x = self._drop(x, stage, train)
-    x = nn.Dense(self.num_classes, kernel_init=layers.initializer(self.kernel_init), dtype=self.dtype)(x)
-    return x.astype(jnp.float32)
+    return k.dense(self.num_classes)(x).astype(jnp.float32)
 
 
 def build(knobs: dict, num_classes: int, dtype: Any, *, layout: str, width_scale: float = 1.0,
@@ -86,15 +74,16 @@ def build(knobs: dict, num_classes: int, dtype: Any, *, layout: str, width_scale
 
   The keyword arguments describe the named variant: its base layout, its own width factor,
   its reference dropout (one rate or one per stage), dropout placement and 1x1 padding.
+  The official block's BatchNorm momentum is PyTorch's 0.05 (Flax 0.95).
   """
   k = layers.resolve_knobs(knobs, dtype, norm='batch', act='relu', init='xavier_relu',
-                           pool='max', global_pool='max', one_by_one=None)
+                           pool='max', global_pool='max', one_by_one=None, uses=LAYOUT_KNOBS,
+                           bn_momentum=0.95)
   if knobs.get('dropout') is not None:
     dropout = k.dropout
-  return SimpleNet(layout=tuple(resolve_layout(layout, knobs, width_scale)),
-                   num_classes=num_classes, dropout=dropout, norm=k.norm, act=k.act,
-                   kernel_init=k.init, pool=k.pool, global_pool=k.global_pool,
-                   conv_bias=k.conv_bias, dropout_at=dropout_at, pad_1x1=pad_1x1, dtype=k.dtype)
+  return SimpleNet(layout=tuple(resolve_layout(layout, knobs, width_scale)), k=k,
+                   num_classes=num_classes, dropout=dropout, dropout_at=dropout_at,
+                   pad_1x1=pad_1x1)
 
 
 # Layouts of the official SimpleNet repositories (see ../shared/REFERENCES.md).
@@ -124,9 +113,9 @@ STRIDE_MODES = {'m1': (0, 1, 2), 'm2': (0, 1, 3)}
 
 def imagenet_layout(base: str, mode: str) -> str:
   """An ImageNet layout with its stride mode applied, e.g. ('5m', 'm2') -> '64s2,128s2,...'."""
-  convs, pools = _split(parse_layout(IMAGENET_LAYOUTS[base]))
+  convs, pools = split(parse_layout(IMAGENET_LAYOUTS[base]))
   convs = [Conv(c.width, c.kernel, 2 if i in STRIDE_MODES[mode] else 1) for i, c in enumerate(convs)]
-  return format_layout(_join(convs, pools))
+  return format_layout(join(convs, pools))
 
 
 for _mode in STRIDE_MODES:

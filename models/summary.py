@@ -9,16 +9,13 @@ receptive field of one output position in input pixels along each spatial dim. T
 receptive field follows the data flow (branches, concatenations and residual sums take the
 largest of their inputs), so it is right for Inception, ResNet and DenseNet too.
 
-`summarize(config, workdir)` is `main.py --mode=summary`: it needs no data files, only the
-dataset's example shape and class count (data/datasets.py:info).
+`--mode=summary` (analysis/summary.py) prints this table for a config without data files.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -26,7 +23,6 @@ import jax
 import jax.extend as jex
 import jax.numpy as jnp
 
-from errors import UserError
 
 
 def count_params(params) -> int:
@@ -39,6 +35,19 @@ def _variables(model: nn.Module, input_shape: Sequence[int]):
   return jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
 
 
+def param_count(model: nn.Module, input_shape: Sequence[int]) -> int:
+  """Trainable parameters of `model` on one example of `input_shape`, from shapes alone (no
+  compilation, nothing allocated): cheap enough to call dozens of times to solve a budget."""
+  return count_params(_variables(model, input_shape)['params'])
+
+
+def flops(compiled) -> float:
+  """XLA's FLOP count of a compiled computation (cost_analysis() is a dict or a list of one)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get('flops', 0.0))
+
+
 def params_and_macs(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, int]:
   """(trainable parameters, MACs of one example's inference forward pass).
 
@@ -49,9 +58,7 @@ def params_and_macs(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, 
   x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
   variables = _variables(model, input_shape)
   fwd = jax.jit(lambda v, inp: model.apply(v, inp, train=False))
-  cost = fwd.lower(variables, x).compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return count_params(variables['params']), int(round(cost.get('flops', 0.0) / 2))
+  return count_params(variables['params']), int(round(flops(fwd.lower(variables, x).compile()) / 2))
 
 
 # ----------------------------------------------------------------------------- layer table
@@ -279,28 +286,3 @@ def format_table(rows: list[Row], num_params: int, macs: int) -> str:
   return '\n'.join([fmt(header), rule, *map(fmt, lines), rule,
                     f'total: {num_params:,} trainable parameters, {macs:,} MACs '
                     f'({macs / 1e9:.3f} GMACs) per example'])
-
-
-def summarize(config, workdir: str) -> dict:
-  """`main.py --mode=summary`: writes `workdir/summary.json` (model, dataset, input shape,
-  num_params, macs, per-layer rows) and prints the per-layer table. Needs no data files."""
-  import models  # the registry imports every family; keep `summary` importable on its own
-  from data import datasets
-  if not workdir:
-    raise UserError('--workdir is required: summary.json is written there')
-  info = datasets.info(config.dataset)
-  model = models.create(config.model, info.num_classes, 'float32')
-  rows, num_params, macs = layer_table(model, info.shape)
-  result = {
-      'model': config.model.name, 'dataset': info.name, 'input_shape': list(info.shape),
-      'num_classes': info.num_classes, 'num_params': num_params, 'macs': macs,
-      'layers': [{'name': r.name, 'kind': r.kind, 'output_shape': list(r.shape),
-                  'params': r.params, 'macs': r.macs,
-                  'receptive_field': list(r.receptive_field)} for r in rows],
-  }
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-    json.dump(result, f, indent=1)
-  print(f'{config.model.name} on {info.name} {info.shape}, {info.num_classes} classes')
-  print(format_table(rows, num_params, macs))
-  return result

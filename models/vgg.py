@@ -56,7 +56,8 @@ class VGG(nn.Module):
 def build(knobs: dict, num_classes: int, dtype: Any, *, depth: int, norm: str) -> VGG:
   """Registry builder; `depth` and `norm` name the variant (e.g. 16 and 'batch' = vgg16_bn)."""
   k = layers.resolve_knobs(knobs, dtype, norm=norm, act='relu', init='he', pool='max',
-                           dropout=0.5, one_by_one=None)
+                           dropout=0.5, one_by_one=None,
+                           uses=('depth', 'widths', 'layers', 'one_by_one', 'num_one_by_one'))
   knobs = dict(knobs)
   if k.depth in CONFIGS:
     depth, knobs['depth'] = k.depth, None

@@ -16,8 +16,6 @@ import os
 import re
 from typing import Any, Sequence
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
@@ -25,7 +23,8 @@ from ml_collections import config_flags
 import models
 from data import datasets
 from errors import UserError
-from models import simplenet, summary
+from models import layout as layout_lib
+from models import summary
 from sweeps import declare
 
 WIDTH_KEY = 'model.width_multiplier'
@@ -105,10 +104,7 @@ def count_params(config: ml_collections.ConfigDict) -> int:
   """Parameters of config's model from shapes alone (no compilation): cheap enough to call
   a few dozen times while solving a budget."""
   info = datasets.info(config.dataset)
-  model = models.create(config.model, info.num_classes)
-  x = jnp.zeros((1, *info.shape), jnp.float32)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
-  return summary.count_params(shapes['params'])
+  return summary.param_count(models.create(config.model, info.num_classes), info.shape)
 
 
 def model_stats(config: ml_collections.ConfigDict) -> tuple[int, int, int | None, str]:
@@ -118,8 +114,8 @@ def model_stats(config: ml_collections.ConfigDict) -> tuple[int, int, int | None
   params, macs = summary.params_and_macs(model, info.shape)
   layout = getattr(model, 'layout', None)  # the layout-driven families (SimpleNet, ...)
   if layout:
-    depth = sum(t != simplenet.POOL for t in layout)
-    return params, macs, depth, simplenet.format_layout(list(layout))
+    depth = sum(t != layout_lib.POOL for t in layout)
+    return params, macs, depth, layout_lib.format_layout(list(layout))
   return params, macs, config.model.get('depth'), ''
 
 

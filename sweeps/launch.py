@@ -20,6 +20,7 @@ import time
 from typing import Sequence
 
 from errors import UserError
+import util
 from sweeps import expand, report, runner
 
 SLURM_KEYS = ('partition', 'time', 'cpus', 'gpus', 'mem', 'args')
@@ -102,7 +103,7 @@ def run_sweep(config_args: Sequence[str], workdir: str, sweep_flags: Sequence[st
     d = os.path.join(trials_dir(workdir), t.name)
     runner.write_trial(t.to_json(), d)
     dirs.append(d)
-  runner.write_json(os.path.join(workdir, 'sweep.json'),
+  util.write_json(os.path.join(workdir, 'sweep.json'),
                     {'command': shlex.join(sys.argv), 'trials': [t.name for t in trials],
                      'written': time.strftime('%Y-%m-%d %H:%M:%S')})
   todo = [d for d in dirs if not runner.is_finished(d)]
@@ -138,7 +139,7 @@ def summarize(workdir: str, dirs: Sequence[str], outcome: dict[str, str]) -> int
         f' ({len(dirs)} trials)')
   for d in dirs:
     if outcome[d] not in ('done', 'skipped'):
-      status = runner.read_json(os.path.join(d, runner.STATUS)) or {}
+      status = util.read_json(os.path.join(d, runner.STATUS)) or {}
       print(f'  {outcome[d]:<11} {os.path.basename(d)}: {status.get("error", "")}  '
             f'(log: {os.path.join(d, runner.LOG)})')
   paths = report.write_report(workdir)
@@ -170,8 +171,8 @@ def run_local(dirs: Sequence[str], parallel: int) -> dict[str, str]:
     with lock:
       print(f'start  {name}  (log: {os.path.join(d, runner.LOG)})', flush=True)
     outcome = runner.run_trial(d)
-    status = runner.read_json(os.path.join(d, runner.STATUS)) or {}
-    results = runner.read_json(os.path.join(d, runner.RESULTS)) or {}
+    status = util.read_json(os.path.join(d, runner.STATUS)) or {}
+    results = util.read_json(os.path.join(d, runner.RESULTS)) or {}
     with lock:
       finished[0] += 1
       detail = (f'test acc {100 * (results.get("test_accuracy") or 0):.2f}%, '
@@ -225,7 +226,7 @@ def submit_slurm(dirs: Sequence[str], workdir: str, parallel: int, slurm: Slurm)
   job = proc.stdout.strip().split(';')[0]
   print(f'Submitted SLURM job array {job}: {len(dirs)} trials (script {script})', flush=True)
   for task, d in enumerate(dirs):  # so a rerun of the sweep finds them in the queue
-    runner.write_json(os.path.join(d, runner.STATUS), {
+    util.write_json(os.path.join(d, runner.STATUS), {
         'state': 'queued', 'slurm_array_job_id': job, 'slurm_array_task_id': str(task)})
   return job
 
@@ -244,7 +245,7 @@ def queued_in_slurm(dirs: Sequence[str]) -> dict[str, str]:
   """{trial dir: array job id} for trials whose earlier submission is still in the queue."""
   jobs = {}
   for d in dirs:
-    status = runner.read_json(os.path.join(d, runner.STATUS)) or {}
+    status = util.read_json(os.path.join(d, runner.STATUS)) or {}
     if status.get('state') in ('queued', 'running') and status.get('slurm_array_job_id'):
       jobs[d] = status['slurm_array_job_id']
   if not jobs or shutil.which('squeue') is None:

@@ -18,6 +18,7 @@ import re
 from typing import Any, Callable, Sequence
 
 from errors import UserError
+import util
 from sweeps import runner
 
 PLOTS = ('accuracy_vs_params.png', 'accuracy_vs_depth.png', 'one_by_one_placement.png')
@@ -32,7 +33,7 @@ def trial_dirs(workdir: str) -> list[str]:
     raise UserError(f'{workdir} has no trials/ directory; run --mode=sweep with this --workdir first')
   on_disk = sorted(n for n in os.listdir(root)
                    if os.path.exists(os.path.join(root, n, runner.TRIAL)))
-  declared = (runner.read_json(os.path.join(workdir, 'sweep.json')) or {}).get('trials', [])
+  declared = (util.read_json(os.path.join(workdir, 'sweep.json')) or {}).get('trials', [])
   names = [n for n in declared if n in on_disk] + [n for n in on_disk if n not in declared]
   return [os.path.join(root, n) for n in names]
 
@@ -55,10 +56,10 @@ def gather(workdir: str) -> list[dict[str, Any]]:
   """One row per trial directory, finished or not."""
   rows = []
   for d in trial_dirs(workdir):
-    trial = runner.read_json(os.path.join(d, runner.TRIAL))
-    status = runner.read_json(os.path.join(d, runner.STATUS)) or {}
+    trial = util.read_json(os.path.join(d, runner.TRIAL))
+    status = util.read_json(os.path.join(d, runner.STATUS)) or {}
     state = runner.state(d)
-    results = runner.read_json(os.path.join(d, runner.RESULTS)) if state == 'done' else None
+    results = util.read_json(os.path.join(d, runner.RESULTS)) if state == 'done' else None
     results = results or {}
     rows.append({
         'trial': trial['name'], 'status': state, 'overrides': trial['overrides'],
@@ -72,7 +73,8 @@ def gather(workdir: str) -> list[dict[str, Any]]:
         'best_test_accuracy': results.get('best_test_accuracy'),
         'layout': trial['layout'],
         'error': status.get('error', '') if state != 'done' else '',
-        'log': os.path.join(d, runner.LOG)})
+        # Relative to the sweep directory: reports are committed and moved between machines.
+        'log': os.path.relpath(os.path.join(d, runner.LOG), workdir)})
   return rows
 
 

@@ -16,7 +16,6 @@ recorded here and never takes the launcher or the other trials down.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shlex
 import signal
@@ -24,28 +23,14 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any
+
+from util import read_json, write_json  # noqa: F401  (the trial files' readers use them too)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(REPO, 'main.py')
 TRIAL, STATUS, LOG, COMMAND, RESULTS = ('trial.json', 'status.json', 'log.txt', 'command.sh',
                                         'results.json')
 SLURM_VARS = ('SLURM_JOB_ID', 'SLURM_ARRAY_JOB_ID', 'SLURM_ARRAY_TASK_ID', 'SLURMD_NODENAME')
-
-
-def read_json(path: str) -> dict | None:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):  # missing, or caught half-written by a concurrent reader
-    return None
-
-
-def write_json(path: str, obj: Any) -> None:
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, default=str)
-  os.replace(tmp, path)
 
 
 def command(trial: dict, trial_dir: str) -> list[str]:

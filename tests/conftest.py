@@ -55,8 +55,8 @@ def load_results(workdir) -> dict:
 def load_state(workdir, step=None) -> dict:
   """The saved train state of the latest (or given) checkpoint as numpy arrays."""
   import jax
-  from train import loop
-  return jax.tree_util.tree_map(np.asarray, loop.load_checkpoint(workdir, step))
+  from train import checkpoints
+  return jax.tree_util.tree_map(np.asarray, checkpoints.load_checkpoint(workdir, step))
 
 
 def flat_leaves(tree) -> dict:

@@ -13,8 +13,9 @@ from jax import lax
 
 from conftest import REPO, assert_losses_track, load_results, overrides, run_main
 
+
 from errors import UserError  # noqa: E402  (conftest puts the repository on sys.path)
-from kernels import onednn  # noqa: E402
+from kernels import convolutions, onednn  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     onednn.load_error() is not None and not os.environ.get('CI'),
@@ -23,9 +24,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def use_onednn():
-  assert onednn.select('onednn') == 'onednn'
-  yield
-  onednn.select('xla')
+  assert onednn.load_error() is None
 
 
 def _dnums(nd):
@@ -87,22 +86,21 @@ def test_winograd_layers_match_xla_in_every_pass(xs, ks, padding):
     return y, dx, dk
 
   reference = passes(lax.conv_general_dilated)
-  try:
-    for algorithm in ('auto', 'direct'):
-      onednn.select('onednn', algorithm)
-      for a, b in zip(reference, passes(onednn.conv_general_dilated)):
-        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * float(jnp.abs(a).max()))
-  finally:
-    onednn.select('xla')
+  for algorithm in ('auto', 'direct'):
+    conv = convolutions.select('onednn', algorithm).train
+    for a, b in zip(reference, passes(conv)):
+      np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * float(jnp.abs(a).max()))
 
 
 def test_winograd_kernels_run_where_the_cpu_has_them():
   """ONEDNN_VERBOSE names the kernels: Winograd ones with conv_algorithm=auto on an AVX-512
   CPU, never with direct; elsewhere auto falls back to direct kernels."""
   script = (
-      'import sys; sys.path.insert(0, "."); import jax, jax.numpy as jnp; from kernels import onednn\n'
-      'onednn.select("onednn", sys.argv[1]); x = jnp.ones((2, 8, 8, 16)); k = jnp.ones((3, 3, 16, 16))\n'
-      'f = lambda x, k: jnp.sum(onednn.conv_general_dilated(x, k, (1, 1), "SAME", '
+      'import sys; sys.path.insert(0, "."); import jax, jax.numpy as jnp\n'
+      'from kernels import convolutions\n'
+      'conv = convolutions.select("onednn", sys.argv[1]).train\n'
+      'x = jnp.ones((2, 8, 8, 16)); k = jnp.ones((3, 3, 16, 16))\n'
+      'f = lambda x, k: jnp.sum(conv(x, k, (1, 1), "SAME", '
       'dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2)\n'
       'print(jax.grad(f, argnums=(0, 1))(x, k)[1].sum())\n')
   out = {}
@@ -161,42 +159,49 @@ def test_bf16_convolutions_go_to_onednn_where_the_cpu_has_them(use_onednn):
 
 
 def test_select_rules(monkeypatch):
-  assert onednn.select('xla') == 'xla' and not onednn.active()
+  assert convolutions.select('xla') == convolutions.XLA
+  assert convolutions.select('xla').algorithm is None
   # This test process has one CPU device: auto follows the CPU, onednn insists.
-  assert onednn.select('auto') == ('onednn' if onednn.cpu_has_avx512() else 'xla')
+  assert convolutions.select('auto').impl == ('onednn' if onednn.cpu_has_avx512() else 'xla')
   for avx512, expected in ((True, 'onednn'), (False, 'xla')):
     monkeypatch.setattr(onednn, 'cpu_has_avx512', lambda: avx512)
-    assert onednn.select('auto') == expected
-    assert onednn.select('onednn') == 'onednn'
+    assert convolutions.select('auto').impl == expected
+    assert convolutions.select('onednn').impl == 'onednn'
   with pytest.raises(UserError, match='unknown conv_impl'):
-    onednn.select('cudnn')
+    convolutions.select('cudnn')
   with pytest.raises(UserError, match='unknown conv_algorithm'):
-    onednn.select('onednn', 'fft')
-  assert onednn.select('onednn', 'direct') == 'onednn' and onednn.algorithm() == 'direct'
-  assert not onednn.wants_winograd((2, 8, 8, 16), (3, 3, 16, 16), jnp.float32, (1, 1), (1, 1))
-  onednn.select('onednn', 'auto')
+    convolutions.select('onednn', 'fft')
+  assert convolutions.select('onednn', 'direct').algorithm == 'direct'
   for xs, ks, dtype, strides in (((2, 8, 8, 3), (3, 3, 3, 16), jnp.float32, (1, 1)),  # RGB stem
                                  ((2, 8, 8, 16), (1, 1, 16, 16), jnp.float32, (1, 1)),  # 1x1
                                  ((2, 8, 8, 16), (3, 3, 16, 16), jnp.float32, (2, 2)),  # strided
                                  ((2, 2, 2, 16), (3, 3, 16, 16), jnp.float32, (1, 1)),  # 2x2 map
                                  ((2, 8, 8, 16), (3, 3, 16, 16), jnp.bfloat16, (1, 1))):
     assert not onednn.wants_winograd(xs, ks, dtype, strides, (1, 1))
-  onednn.select('xla')
-  assert onednn.algorithm() is None
+  # The choice reaches a model as its attribute: its jaxpr calls oneDNN only when asked to.
+  import models
+  from configs import common
+  cfg = common.model_config('simplenet')
+  cfg.layers = '16,p,16'
+  x = jnp.zeros((1, 8, 8, 16))
+  for convs, expected in ((None, False), (convolutions.XLA, False),
+                          (convolutions.Convolutions('onednn', 'auto'), True)):
+    model = models.create(cfg, 10, convolutions=convs)
+    v = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+    text = str(jax.make_jaxpr(lambda v: model.apply(v, x))(v))
+    assert ('onednn_conv' in text) == expected, convs
 
 
 def test_compiler_options_drop_only_ynn_elementwise_fusions_and_only_with_onednn(monkeypatch):
   flag = '--xla_cpu_experimental_ynn_fusion_type='
   monkeypatch.setenv('XLA_FLAGS', f'--foo {flag}LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE')
-  assert onednn.select('xla') == 'xla' and onednn.compiler_options() is None
-  onednn.select('onednn')
-  assert onednn.compiler_options() == {
-      'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_DOT'}
+  mine = convolutions.Convolutions('onednn', 'auto')
+  assert convolutions.XLA.compiler_options() is None
+  assert mine.compiler_options() == {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_DOT'}
   monkeypatch.setenv('XLA_FLAGS', f'{flag}LIBRARY_FUSION_TYPE_DOT')  # a user's choice stays
-  assert onednn.compiler_options() is None
+  assert mine.compiler_options() is None
   monkeypatch.setenv('XLA_FLAGS', '')
-  assert onednn.compiler_options() is None
-  onednn.select('xla')
+  assert mine.compiler_options() is None
 
 
 @pytest.mark.parametrize('dtype,rtol,compared', [('float32', 1e-4, None), ('bfloat16', 3e-2, 4)])

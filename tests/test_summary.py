@@ -13,6 +13,7 @@ sys.path.insert(0, REPO)
 import models  # noqa: E402
 from configs import common  # noqa: E402
 from errors import UserError  # noqa: E402
+from analysis import summary as summary_mode  # noqa: E402
 from models import summary  # noqa: E402
 
 
@@ -51,7 +52,7 @@ def test_cli_bad_input_is_one_line(tmp_path):
   proc = summary_cli(tmp_path, '--config=configs/default.py:model=resnet21')
   assert proc.returncode == 2 and 'unknown model' in proc.stderr
   with pytest.raises(UserError, match='workdir'):
-    summary.summarize(common.model_config('lenet5'), '')
+    summary_mode.summarize(common.model_config('lenet5'), '')
 
 
 def table(name, shape=(224, 224, 3), classes=1000):

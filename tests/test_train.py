@@ -70,6 +70,12 @@ def test_run_writes_results_config_and_tensorboard(workdir):
   assert os.path.exists(os.path.join(workdir, 'config.json'))
   assert any(f.startswith('events') for f in os.listdir(os.path.join(workdir, 'tensorboard')))
   assert 'ETA' in proc.stderr and 'img/s' in proc.stderr  # progress lines
+  # A CPU run prints none of the libraries' notices that mean nothing to its user.
+  for notice in ('TPU', 'tpu', 'variant folder', 'oneDNN custom operations'):
+    assert notice not in proc.stderr, notice
+  assert os.path.getsize(os.path.join(workdir, 'curves.png')) > 1000
+  assert r['preprocess']['pixel_range'] == [0, 255] and len(r['preprocess']['mean']) == 3
+  assert r['dataset']['name'] == 'synthetic' and r['dataset']['num_train'] == 256
   # Running the same command again is a no-op that returns the same results.
   run_main([f'--workdir={workdir}', *overrides(num_train_steps=24)])
   assert load_results(workdir)['train_log'] == r['train_log']
@@ -197,6 +203,10 @@ def _bad(tmp_path, *args, devices=1):
     (['--config.augment.cutout=-1'], 'augment.cutout must be >= 0'),
     (['--config.model.nonexistent_knob=3'], 'unknown config key'),
     (['--config=configs/default.py:nonexistent=3'], 'unknown config key'),
+    (['--config=configs/nonexistent.py'], 'cannot read the config file'),
+    (['--config.dataset.train_size=-5'], 'dataset.train_size must be >= 0'),
+    (['--config.dataset.test_size=-1'], 'dataset.test_size must be >= 0'),
+    (['--config.model.widths=8,8,8', '--config.model.name=lenet5'], 'does not use the knob'),
 ])
 def test_bad_input_fails_fast_with_one_line(tmp_path, args, expected):
   workdir = str(tmp_path / 'w')

@@ -56,5 +56,12 @@ def put_replicated(array, sharding: NamedSharding) -> jax.Array:
   return jax.make_array_from_callback(array.shape, sharding, lambda idx: array[idx])
 
 
+def replicate_tree(tree, m: Mesh):
+  """A pytree of host (or single-device) arrays -> global arrays copied to every device."""
+  import numpy as np
+  rep = replicated(m)
+  return jax.tree_util.tree_map(lambda a: put_replicated(np.asarray(a), rep), tree)
+
+
 def is_main_process() -> bool:
   return jax.process_index() == 0

@@ -9,6 +9,7 @@ import jax
 import optax
 
 from errors import UserError
+import util
 
 OPTIMIZERS = ('sgd', 'adam', 'adamw', 'adadelta', 'rmsprop')
 SCHEDULES = ('constant', 'multistep', 'cosine', 'onecycle', 'linear')
@@ -33,10 +34,7 @@ def check(config) -> None:
 
 
 def _milestones(text: str) -> list[float]:
-  try:
-    return [float(m) for m in str(text).split(',') if m.strip()]
-  except ValueError:
-    raise UserError(f"schedule.milestones must be epochs like '100,190,306', got {text!r}") from None
+  return util.parse_list('schedule.milestones', text, float, example='100,190,306')
 
 
 def learning_rate_schedule(config, steps_per_epoch: int, total_steps: int) -> optax.Schedule:

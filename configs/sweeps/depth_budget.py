@@ -8,7 +8,7 @@ CIFAR-10 accuracies (about 60 epochs, Adadelta): 8L 90.21, 9L 90.55, 10L 90.61, 
   python main.py --mode=sweep --config=configs/sweeps/depth_budget.py --workdir=runs/depth_budget
   (--sweep=seed=0,1,2 adds seeds)
 
-The shortened run in README.md / docs/study1 adds --config.num_epochs=1
+The shortened run in docs/study1 adds --config.num_epochs=1
 --config.schedule.warmup_epochs=0.3: 46 minutes on a 2-core CPU shared with other jobs (the
 8- to 10-layer nets need 1.6-1.9x the MACs of the 13-layer one).
 """

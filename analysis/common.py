@@ -1,0 +1,83 @@
+"""Pieces every analysis mode shares: deterministic example selection and the outputs
+(`W/<mode>/results.json`, a Markdown table, figures) in one place per mode."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+import util
+from errors import UserError
+
+
+def output_dir(workdir: str, mode: str) -> str:
+  """`W/<mode>/`, created; every file a mode writes goes there."""
+  path = os.path.join(workdir, mode)
+  os.makedirs(path, exist_ok=True)
+  return path
+
+
+def pick_examples(images: np.ndarray, labels: np.ndarray, n: int, seed: int = 0,
+                  per_class: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(images, labels, indices) of `n` examples chosen by `seed` alone, the same on every machine
+  and every call; `per_class` takes them round-robin over classes (as balanced as the split
+  allows). Indices are sorted, so the picks read in split order."""
+  total = len(labels)
+  if n <= 0:
+    raise UserError(f'the number of examples must be positive, got {n}')
+  n = min(n, total)
+  rng = np.random.default_rng(seed)
+  if per_class:
+    order = {c: rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)}
+    picked, i = [], 0
+    while len(picked) < n:
+      for c in sorted(order):
+        if i < len(order[c]) and len(picked) < n:
+          picked.append(order[c][i])
+      i += 1
+    idx = np.sort(np.asarray(picked))
+  else:
+    idx = np.sort(rng.choice(total, n, replace=False))
+  return images[idx], labels[idx], idx
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+  """A Markdown table of `rows` (floats to 4 significant digits)."""
+  if not rows:
+    return '(no rows)\n'
+  columns = list(columns or dict.fromkeys(k for r in rows for k in r))
+  fmt = lambda v: f'{v:.4g}' if isinstance(v, float) else '' if v is None else str(v)
+  lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+  lines += ['| ' + ' | '.join(fmt(r.get(c)) for c in columns) + ' |' for r in rows]
+  return '\n'.join(lines) + '\n'
+
+
+def write_outputs(directory: str, results: dict, rows: Sequence[dict] = (), title: str = '',
+                  columns: Sequence[str] | None = None) -> dict[str, str]:
+  """Writes `results.json` and `results.md` (title + table of `rows`) into `directory`;
+  returns their paths. Paths inside the results should be relative to the workdir."""
+  json_path = os.path.join(directory, 'results.json')
+  md_path = os.path.join(directory, 'results.md')
+  util.write_json(json_path, results)
+  with open(md_path, 'w') as f:
+    f.write(f'# {title}\n\n' if title else '')
+    f.write(markdown_table(rows, columns))
+  return {'json': json_path, 'md': md_path}
+
+
+def save_figure(fig, path: str, dpi: int = 100) -> str:
+  """Saves a matplotlib figure and closes it."""
+  from matplotlib import pyplot as plt
+  fig.savefig(path, dpi=dpi, bbox_inches='tight')
+  plt.close(fig)
+  return path
+
+
+def pyplot():
+  """matplotlib's pyplot on the file-only Agg backend (no display on clusters)."""
+  import matplotlib
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt
+  return plt

@@ -1,0 +1,61 @@
+"""The training package's modes (`--mode=train | eval | benchmark`) and their flags.
+
+Imported by main.py before flags are parsed, so it stays light: JAX and the rest load inside
+the mode functions.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import flags, logging
+
+from errors import UserError
+
+flags.DEFINE_integer('benchmark_steps', 30, '--mode=benchmark: timed train steps.')
+flags.DEFINE_integer('eval_step', -1, '--mode=eval: the checkpoint step to evaluate '
+                     '(-1 = the latest).')
+FLAGS = flags.FLAGS
+
+
+def train(config, workdir: str) -> None:
+  """`--mode=train`: train and evaluate `config` in `workdir` (resuming when it holds a run)."""
+  from train import loop
+  loop.train_and_evaluate(config, workdir)
+
+
+def benchmark(config, workdir: str) -> None:
+  """`--mode=benchmark`: time the train step on random data; writes `workdir/benchmark.json`."""
+  from train import benchmark as benchmark_lib
+  benchmark_lib.run(config, workdir, FLAGS.benchmark_steps)
+
+
+def evaluate(config, workdir: str) -> None:
+  """`--mode=eval`: evaluates a trained workdir's checkpoint on its test split, as its training
+  did (same eval step, EMA weights and flip TTA when the run used them), prints the accuracy
+  and writes `workdir/eval.json`. Needs no --config: the run's own config.json is used."""
+  import util
+  from train import checkpoints, distributed, steps
+  from data import sources
+  if not workdir:
+    raise UserError('--workdir is required: the trained run to evaluate')
+  if config is not None:
+    logging.warning('--mode=eval uses the run\'s own %s; --config is ignored',
+                    os.path.join(workdir, 'config.json'))
+  run = checkpoints.load_run(workdir, None if FLAGS.eval_step < 0 else FLAGS.eval_step)
+  test = run.test_split()
+  mesh = distributed.mesh()
+  source = sources.InMemoryEval(test, run.config.eval_batch_size, mesh)
+  eval_step = steps.make_eval_step(run.model, source, run.preprocess, mesh,
+                                   run.config.eval_flip_tta, run.convolutions.compiler_options())
+  variables = distributed.replicate_tree(run.variables, mesh)
+  ev = steps.evaluate(eval_step, variables, source)
+  result = {'test_accuracy': ev['accuracy'], 'test_loss': ev['loss'], 'step': run.step,
+            'num_examples': len(test.labels), 'evaluated_ema': run.uses_ema,
+            'flip_tta': bool(run.config.eval_flip_tta)}
+  if distributed.is_main_process():
+    util.write_json(os.path.join(workdir, 'eval.json'), result)
+    print(f'{workdir} step {run.step}: test accuracy {100 * ev["accuracy"]:.2f}% '
+          f'(loss {ev["loss"]:.4f}) on {len(test.labels)} examples; '
+          f'{os.path.join(workdir, "eval.json")}', flush=True)
+

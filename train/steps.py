@@ -1,0 +1,148 @@
+"""The jitted pieces of a run: the train state, the train step and the eval step.
+
+* Randomness of step s is `fold_in(seed, s)`, so a resumed run sees exactly the randomness of an
+  uninterrupted one, and the result does not depend on the number of devices.
+* A non-finite loss or gradient freezes the state inside the step and records the step number;
+  the host checks it at every log/eval/checkpoint point, so no bad state is ever saved and no
+  per-step host sync is needed.
+* Batches come from a data source (data/sources.py) through `step_inputs` / `batch`, so the
+  step does not know whether its batch was gathered on device or streamed from the host.
+"""
+
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from clu import metrics as clu_metrics
+
+from data import augment as augment_lib
+from train import distributed
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  nonfinite_step: jax.Array  # -1 while every loss and gradient has been finite
+  ema_params: Any  # exponential moving average of params ({} when config.ema_decay == 0)
+
+  def inference_variables(self) -> dict:
+    """What evaluation applies: the EMA weights when the run keeps them, else the weights."""
+    return {'params': self.ema_params if self.ema_params else self.params,
+            'batch_stats': self.batch_stats}
+
+
+@flax.struct.dataclass
+class Metrics(clu_metrics.Collection):
+  """Mean loss and accuracy, of training intervals and of evaluations alike."""
+  loss: clu_metrics.Average.from_output('loss')
+  accuracy: clu_metrics.Accuracy
+
+
+def create_train_state(model, tx, example_shape, key: jax.Array, sharding,
+                       ema: bool = False) -> TrainState:
+  """Initial state, created directly with the given (replicated) sharding."""
+
+  def init():
+    dummy = jnp.zeros((1, *example_shape), jnp.float32)
+    variables = model.init({'params': key, 'dropout': key}, dummy, train=False)
+    params = variables['params']
+    return TrainState(step=jnp.int32(0), params=params,
+                      batch_stats=variables.get('batch_stats', {}),
+                      opt_state=tx.init(params), nonfinite_step=jnp.int32(-1),
+                      ema_params=params if ema else {})
+
+  return jax.jit(init, out_shardings=sharding)()
+
+
+def run_keys(seed: int, sharding) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(init key, data-order key, step key data) of a run. The step key travels as raw uint32
+  data placed once on the devices, so the step takes it as an argument (runs differing only
+  in seed share one executable) without a host-to-device copy per step."""
+  init_key, data_key, step_key = jax.random.split(jax.random.key(seed), 3)
+  return init_key, data_key, distributed.put_replicated(
+      np.asarray(jax.random.key_data(step_key)), sharding)
+
+
+def empty_metrics(sharding) -> Metrics:
+  """Zeroed metrics placed like the step's outputs, so the step compiles only once."""
+  return jax.device_put(Metrics.empty(), sharding)
+
+
+def make_train_step(model, tx, config, source, preprocess: augment_lib.Preprocess, mesh,
+                    compiler_options: dict | None = None):
+  """The jitted step `(state, metrics, inputs, key_data) -> (state, metrics)`, where `inputs`
+  is `source.step_inputs(step)`. Its key is an argument, so runs that differ only in seed
+  share one compiled (and persistently cached) executable."""
+  rep = distributed.replicated(mesh)
+  ops = augment_lib.pipeline(config.augment)
+
+  def step(state: TrainState, metrics: Metrics, inputs, key_data):
+    key = jax.random.fold_in(jax.random.wrap_key_data(key_data), state.step)
+    k_aug, k_drop = jax.random.split(key)
+    images, y = source.batch(inputs, state.step)
+    x = augment_lib.apply(ops, k_aug, images, preprocess)
+
+    def loss_fn(params):
+      logits, new_vars = model.apply({'params': params, 'batch_stats': state.batch_stats}, x,
+                                     train=True, mutable=['batch_stats'], rngs={'dropout': k_drop})
+      targets = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1]), config.label_smoothing)
+      loss = optax.softmax_cross_entropy(logits, targets).mean()
+      return loss, (logits, new_vars.get('batch_stats', {}))
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
+    ema = config.ema_decay
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep(params, state.params),
+        ema_params=keep(jax.tree_util.tree_map(lambda e, p: ema * e + (1 - ema) * p,
+                                               state.ema_params, params), state.ema_params)
+        if ema else state.ema_params,
+        batch_stats=keep(batch_stats, state.batch_stats),
+        opt_state=keep(opt_state, state.opt_state),
+        nonfinite_step=jnp.where((state.nonfinite_step < 0) & ~ok, state.step,
+                                 state.nonfinite_step))
+    new_metrics = metrics.merge(Metrics.single_from_model_output(
+        loss=loss, logits=logits, labels=y))
+    return new_state, new_metrics
+
+  return jax.jit(step, donate_argnums=(0, 1), out_shardings=(rep, rep),
+                 compiler_options=compiler_options)
+
+
+def make_eval_step(model, source, preprocess: augment_lib.Preprocess, mesh,
+                   flip_tta: bool = False, compiler_options: dict | None = None):
+  """The jitted `(variables, inputs) -> Metrics` of one eval batch (`source.step_inputs(i)`)."""
+  rep = distributed.replicated(mesh)
+
+  def step(variables, inputs):
+    images, y, mask = source.batch(inputs)
+    x = preprocess(images)
+    logits = model.apply(variables, x, train=False)
+    if flip_tta:  # average the predictions of the image and its mirror
+      logits = (logits + model.apply(variables, jnp.flip(x, axis=-2), train=False)) / 2
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    return Metrics.single_from_model_output(loss=loss, logits=logits, labels=y, mask=mask)
+
+  return jax.jit(step, out_shardings=rep, compiler_options=compiler_options)
+
+
+def evaluate(eval_step, variables: dict, source) -> dict[str, float]:
+  """Loss and accuracy over every example of the eval source, exactly once."""
+  total = None
+  for i in range(source.num_batches):
+    m = eval_step(variables, source.step_inputs(i))
+    total = m if total is None else total.merge(m)
+  return {k: float(v) for k, v in total.compute().items()}
