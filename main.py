@@ -48,7 +48,6 @@ flags.DEFINE_integer('process_id', -1, 'Multi-process: index of this process.')
 
 def run(argv) -> int | None:
   del argv
-  runtime.quiet_logging()
   fn, needs_config, uses_jax = MODES[FLAGS.mode]
   if needs_config and FLAGS.config is None:
     raise UserError(f'--config is required for --mode={FLAGS.mode}, e.g. '

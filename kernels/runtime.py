@@ -48,22 +48,16 @@ class _DropNotices(logging.Filter):
     return record.levelno >= logging.WARNING or '/orbax/' not in record.pathname
 
 
-def setup_process(main: bool = True) -> None:
-  """Allocator, XLA flags and quiet logging for this process; `main` re-executes with tcmalloc."""
-  if main:
-    _preload_tcmalloc()
+def setup_process() -> None:
+  """Allocator, XLA flags and quiet logging for this process (module docstring); called by
+  main.py before anything imports JAX or TensorFlow. May re-execute the process once."""
+  _preload_tcmalloc()
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')   # TensorFlow's C++ INFO/WARNING lines
   os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # TF's own oneDNN notice (JAX unaffected)
   if 'xla_cpu_experimental_ynn_fusion_type' not in os.environ.get('XLA_FLAGS', ''):
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + YNN_FUSION_FLAG).strip()
-
-
-def quiet_logging() -> None:
-  """Installs the notice filter on absl's handler and the root logger (after absl is set up)."""
-  from absl import logging as absl_logging
-  handler = absl_logging.get_absl_handler()
-  for target in (handler, logging.getLogger()):
-    target.addFilter(_DropNotices())
+  from absl import logging as absl_logging  # its handler exists from import on
+  absl_logging.get_absl_handler().addFilter(_DropNotices())
 
 
 def malloc() -> str:
