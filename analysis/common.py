@@ -1,5 +1,6 @@
-"""Pieces every analysis mode shares: deterministic example selection and the outputs
-(`W/<mode>/results.json`, a Markdown table, figures) in one place per mode."""
+"""Pieces every analysis mode shares: a trained run comes from `train.checkpoints.load_run`;
+here are deterministic example selection and the outputs (`W/<mode>/results.json`, a Markdown
+table, figures) in one place per mode."""
 
 from __future__ import annotations
 
@@ -41,6 +42,13 @@ def pick_examples(images: np.ndarray, labels: np.ndarray, n: int, seed: int = 0,
   else:
     idx = np.sort(rng.choice(total, n, replace=False))
   return images[idx], labels[idx], idx
+
+
+def test_examples(run, n: int, seed: int = 0, per_class: bool = False):
+  """`n` test examples of a loaded run (train.checkpoints.load_run), picked as `pick_examples`
+  does: (uint8 images, labels, indices into the run's test split)."""
+  test = run.test_split()
+  return pick_examples(test.images, test.labels, n, seed, per_class)
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:

@@ -62,6 +62,10 @@ def test_load_run_gives_model_variables_preprocess_and_test_split(trained):
   assert accuracy == results['test_accuracy']
   with pytest.raises(UserError, match='no checkpoint of step 7'):
     checkpoints.load_run(trained, step=7)
+  from analysis import common
+  images, labels, idx = common.test_examples(run, 8, seed=3)
+  np.testing.assert_array_equal(images, test.images[idx])
+  np.testing.assert_array_equal(idx, common.test_examples(run, 8, seed=3)[2])
 
 
 def test_run_saved_before_preprocess_was_recorded_still_loads(trained, tmp_path):

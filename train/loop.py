@@ -214,9 +214,9 @@ class _Run:
     self.mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(self.exp.state),
                                                  meta=ocp.args.JsonSave(self.meta)), force=True)
 
-  def log_train(self, step: int, metrics, images: int, seconds: float) -> None:
+  def log_train(self, step: int, values: dict[str, float], images: int, seconds: float) -> None:
     exp = self.exp
-    self.last_train = {k: float(v) for k, v in metrics.compute().items()}
+    self.last_train = values
     self.meta['train_seconds'] += seconds
     self.meta['train_images'] += images
     rate = images / max(seconds, 1e-9)
@@ -252,8 +252,9 @@ def train_epoch(run: _Run, step: int) -> int:
       continue
     images += config.batch_size
     if step % config.log_every_steps == 0 or step == epoch_end:
+      values = {k: float(v) for k, v in metrics.compute().items()}  # waits for the steps
       now = time.time()
-      run.log_train(step, metrics, images, now - t_mark)
+      run.log_train(step, values, images, now - t_mark)
       t_mark, images = now, 0
       metrics = steps.empty_metrics(rep)
     if step % ckpt_every == 0 and step != exp.total_steps:
