@@ -26,6 +26,7 @@ MODES = {
     'eval': (train_modes.evaluate, False, True),
     'benchmark': (train_modes.benchmark, True, True),
     'summary': (analysis_modes.summary, True, False),
+    'explain': (analysis_modes.explain, False, True),
     'sweep': (sweep_modes.sweep, True, False),
     'report': (sweep_modes.report, False, False),
 }

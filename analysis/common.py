@@ -63,11 +63,11 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
 
 
 def write_outputs(directory: str, results: dict, rows: Sequence[dict] = (), title: str = '',
-                  columns: Sequence[str] | None = None) -> dict[str, str]:
-  """Writes `results.json` and `results.md` (title + table of `rows`) into `directory`;
+                  columns: Sequence[str] | None = None, name: str = 'results') -> dict[str, str]:
+  """Writes `<name>.json` and `<name>.md` (title + table of `rows`) into `directory`;
   returns their paths. Paths inside the results should be relative to the workdir."""
-  json_path = os.path.join(directory, 'results.json')
-  md_path = os.path.join(directory, 'results.md')
+  json_path = os.path.join(directory, f'{name}.json')
+  md_path = os.path.join(directory, f'{name}.md')
   util.write_json(json_path, results)
   with open(md_path, 'w') as f:
     f.write(f'# {title}\n\n' if title else '')

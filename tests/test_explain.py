@@ -1,0 +1,194 @@
+"""analysis/explain.py: attribution methods against hand-derived maps and PAIR's `saliency`,
+the faithfulness and fragility measures, syntheses, and `--mode=explain` end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO, overrides, run_main
+
+from analysis import explain  # noqa: E402  (conftest puts the repository on sys.path)
+from data import augment  # noqa: E402
+from errors import UserError  # noqa: E402
+from models import layers  # noqa: E402
+
+IDENTITY = augment.Preprocess((0.0,), (1.0,))
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """A small SimpleNet trained on learnable synthetic 16x16x1 data, loaded for analysis."""
+  workdir = str(tmp_path_factory.mktemp('explain') / 'run')
+  run_main([f'--workdir={workdir}', *overrides(
+      num_train_steps=160, log_every_steps=40, **{'dataset.image_shape': '16,16,1',
+                                                  'model.layers': '8,p,16,p,16',
+                                                  'optimizer.learning_rate': 0.02})])
+  import models
+  from kernels import convolutions
+  from train import checkpoints
+  run = checkpoints.load_run(workdir)
+  model = models.create(run.config.model, run.info.num_classes, convolutions=convolutions.XLA)
+  test = run.test_split()
+  x = jnp.asarray(test.images[:16], jnp.float32)
+  return workdir, explain.Net(model, run.preprocess), run.variables, x, jnp.asarray(test.labels[:16])
+
+
+class Linear(nn.Module):
+  @nn.compact
+  def __call__(self, x, train=False):
+    return nn.Dense(3)(x.reshape(len(x), -1))
+
+
+def test_gradient_equals_the_hand_derived_one():
+  model = Linear()
+  x = jax.random.uniform(jax.random.key(0), (2, 4, 4, 1)) * 255
+  v = model.init(jax.random.key(1), x)
+  net = explain.Net(model, IDENTITY)
+  g = explain.gradient(net, v, x, jnp.array([0, 2]))
+  w = np.asarray(v['params']['Dense_0']['kernel'])  # (16, 3)
+  np.testing.assert_allclose(g[0].ravel(), w[:, 0], rtol=1e-6)
+  np.testing.assert_allclose(g[1].ravel(), w[:, 2], rtol=1e-6)
+
+
+class OneByOne(nn.Module):
+  """A 1x1 conv with identity weights (its map is the input), global average, identity head."""
+  @nn.compact
+  def __call__(self, x, train=False):
+    a = layers.ConvNormAct(2, kernel=1, use_bias=False, norm='none', act='')(x, train)
+    return a.mean(axis=(1, 2))
+
+
+def test_gradcam_on_a_hand_set_conv_map():
+  model = OneByOne()
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 4, 4, 2)), jnp.float32)
+  v = model.init(jax.random.key(0), x)
+  v = {'params': {'ConvNormAct_0': {'Conv_0': {'kernel': jnp.eye(2).reshape(1, 1, 2, 2)}}}}
+  net = explain.Net(model, IDENTITY)
+  assert explain.conv_layers(net, v, (4, 4, 2)) == [('ConvNormAct_0', (4, 4, 2))]
+  cam = explain.gradcam(net, v, x, jnp.array([1]), 'ConvNormAct_0')
+  # logit 1 = mean of map 1, so its gradient is 1/16 on map 1 and 0 on map 0
+  np.testing.assert_allclose(cam[0], np.maximum(np.asarray(x[0, ..., 1]), 0) / 16, atol=1e-6)
+  with pytest.raises(UserError, match='not in this model'):
+    explain.gradcam(net, v, x, jnp.array([1]), 'Dense_7')
+
+
+class Corner(nn.Module):
+  """Looks only at the 2x2 region at rows 1-2, columns 3-4."""
+  @nn.compact
+  def __call__(self, x, train=False):
+    return nn.Dense(2)(x[:, 1:3, 3:5].reshape(len(x), -1))
+
+
+def test_occlusion_is_nonzero_exactly_where_the_model_looks():
+  model = Corner()
+  x = jax.random.uniform(jax.random.key(0), (2, 6, 6, 1)) + 0.5  # softmax far from saturation
+  v = model.init(jax.random.key(1), x)
+  net = explain.Net(model, IDENTITY)
+  m = np.asarray(explain.occlusion(net, v, x, jnp.array([0, 1]), size=1, stride=1))
+  region = np.zeros((6, 6), bool)
+  region[1:3, 3:5] = True
+  assert (np.abs(m[:, region]) > 1e-4).all() and (np.abs(m[:, ~region]) < 1e-6).all()
+  for size, stride in ((0, 1), (7, 1), (2, 0)):
+    with pytest.raises(UserError, match='occlusion patch size'):
+      explain.occlusion(net, v, x, jnp.array([0, 1]), size=size, stride=stride)
+
+
+def test_integrated_gradients_completeness_improves_with_steps(trained):
+  _, net, v, x, y = trained
+  base = jnp.zeros_like(x)
+  errors = {}
+  for steps in (5, 200):
+    attr, delta = explain.integrated_gradients(net, v, x, y, base, steps)
+    gap = attr.reshape(len(x), -1).sum(1) - delta
+    errors[steps] = float(np.median(np.abs(delta) / np.maximum(np.abs(gap), 1e-6)))
+  assert errors[200] < 0.05 and errors[200] < errors[5], errors
+
+
+def test_same_maps_as_pair_saliency(trained):
+  saliency = pytest.importorskip('saliency.core')
+  _, net, v, x, y = trained
+  grad = jax.jit(lambda xb, c: explain.gradient(net, v, xb, jnp.full((len(xb),), c)))
+
+  def call_model(x_batch, call_model_args=None, expected_keys=None):
+    return {saliency.INPUT_OUTPUT_GRADIENTS: np.asarray(grad(jnp.asarray(x_batch, jnp.float32),
+                                                             call_model_args))}
+
+  xi, c = np.asarray(x[0]), int(y[0])
+  ours = np.asarray(explain.gradient(net, v, x[:1], y[:1]))[0]
+  np.testing.assert_allclose(saliency.GradientSaliency().GetMask(xi, call_model, c), ours,
+                             rtol=1e-5, atol=1e-6)
+  ig_theirs = saliency.IntegratedGradients().GetMask(xi, call_model, c, x_steps=20,
+                                                     batch_size=20)
+  ig_ours = explain.integrated_gradients(net, v, x[:1], y[:1], jnp.zeros_like(x[:1]), 20,
+                                         rule='uniform')[0][0]
+  np.testing.assert_allclose(ig_theirs, ig_ours, rtol=1e-4, atol=1e-4 * np.abs(ig_ours).max())
+  # SmoothGrad with the same noise draws (PAIR draws np.random.normal per sample).
+  np.random.seed(0)
+  sg_theirs = saliency.GradientSaliency().GetSmoothedMask(xi, call_model, c, stdev_spread=0.15,
+                                                          nsamples=5, magnitude=False)
+  np.random.seed(0)
+  stdev = 0.15 * (xi.max() - xi.min())
+  noise = np.stack([np.random.normal(0, stdev, xi.shape) for _ in range(5)])[:, None]
+  sg_ours = explain.smoothgrad(net, v, x[:1], y[:1], jnp.asarray(noise, jnp.float32))[0]
+  np.testing.assert_allclose(sg_theirs, sg_ours, rtol=1e-4, atol=1e-5 * np.abs(sg_ours).max())
+
+
+def test_deletion_beats_a_random_map_and_randomized_weights_decorrelate(trained):
+  _, net, v, x, y = trained
+  # Integrated gradients from black explain what deleting pixels to black does.
+  ig = explain.integrated_gradients(net, v, x, y, jnp.zeros_like(x), 32)[0].sum(-1)
+  rand_map = jax.random.uniform(jax.random.key(0), ig.shape)
+  d_ig = explain.deletion_insertion(net, v, x, y, ig)[2]
+  d_rand = explain.deletion_insertion(net, v, x, y, rand_map)[2]
+  assert float(d_ig.mean()) < 0.9 * float(d_rand.mean())  # the probability falls faster
+  grad_map = explain.to_map(explain.gradient(net, v, x, y))
+  random_v = net.model.init(jax.random.key(7), x[:1], train=False)
+  last = explain.cascading_randomization(v, random_v)[-1][1]
+  randomized = explain.to_map(explain.gradient(net, last, x, y))
+  assert explain.spearman(np.asarray(grad_map), np.asarray(randomized)) < 0.5
+  assert explain.spearman(np.asarray(grad_map), np.asarray(grad_map)) == pytest.approx(1.0)
+
+
+def test_maximization_raises_its_target_and_inversion_is_sharper_early(trained):
+  _, net, v, x, y = trained
+  score = lambda variables, xx: net.logits(variables, xx)[:, 3]
+  _, start, end = explain.maximize(net, v, (16, 16, 1), score, starts=2, steps=60, fourier=True)
+  # Far above where it started and above every test image's own score for that class.
+  assert (end > start + 2).all() and end.min() > float(score(v, x).max()) + 1, (start, end)
+  layers_ = [name for name, _ in explain.conv_layers(net, v, (16, 16, 1))]
+  first = explain.psnr_ssim(explain.invert(net, v, x[:4], layers_[0], steps=150), x[:4])[0]
+  last = explain.psnr_ssim(explain.invert(net, v, x[:4], layers_[-1], steps=150), x[:4])[0]
+  assert first.mean() > last.mean() + 2, (first, last)
+
+
+def test_explain_mode_writes_its_outputs_and_refuses_bad_options(trained):
+  workdir = trained[0]
+  cmd = [sys.executable, 'main.py', '--mode=explain', f'--workdir={workdir}', '--explain_images=4',
+         '--explain_maximize_steps=10', '--explain_invert_steps=10', '--explain_ig_steps=8',
+         '--explain_smoothgrad_samples=4', '--explain_invert_images=2']
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = os.path.join(workdir, 'explain')
+  metrics = json.load(open(os.path.join(out, 'metrics.json')))
+  names = [m['method'] for m in metrics['methods']]
+  assert names == list(explain.METHODS) + ['random']
+  for row in metrics['methods'][:-1]:
+    for key in ('deletion_auc', 'insertion_auc', 'sanity_rank_corr', 'fragility_topk',
+                'seconds_per_image'):
+      assert key in row, (row['method'], key)
+  inversion = json.load(open(os.path.join(out, 'inversion.json')))
+  assert [r['layer'] for r in inversion['layers']] == ['ConvNormAct_0', 'ConvNormAct_1',
+                                                       'ConvNormAct_2']
+  for name in ('maps.png', 'metrics.md', 'inversion.png', 'projections.png', 'maximization.png'):
+    assert os.path.getsize(os.path.join(out, name)) > 0, name
+  bad = subprocess.run(cmd[:4] + ['--explain_methods=lime'], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+  errors = [l for l in bad.stderr.splitlines() if l.startswith('error:')]
+  assert bad.returncode == 2 and len(errors) == 1 and 'unknown explain method' in errors[0]
