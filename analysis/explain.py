@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
+from absl import logging
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -170,18 +171,27 @@ def ig_alphas(steps: int, rule: str = 'trapezoid') -> tuple[np.ndarray, np.ndarr
 
 
 def integrated_gradients(net, variables, x, classes, baseline, steps: int = 50,
-                         rule: str = 'trapezoid'):
+                         rule: str = 'trapezoid', max_batch: int = 128):
   """(attributions, delta): IG along the straight path from `baseline`; delta is the
   completeness error sum(attr) - (f(x) - f(baseline)) per image."""
   if steps < 2:
     raise UserError(f'integrated gradients needs at least 2 steps, got {steps}')
   alphas, weights = ig_alphas(steps, rule)
+  # Path points go through the net `per_call` at a time, all images each: big batches keep a
+  # CPU's cores busy, and the chunking bounds memory.
+  per_call = max(1, min(steps, max_batch // len(x)))
+  pad = -steps % per_call
+  alphas = np.concatenate([alphas, np.zeros(pad)]).reshape(-1, per_call)
+  weights = np.concatenate([weights, np.zeros(pad)]).reshape(-1, per_call)
 
-  def point(aw):
+  def chunk(aw):
     a, w = aw
-    return w * _input_grad(net, variables, baseline + a * (x - baseline), classes)
+    points = baseline[None] + a.reshape((-1,) + (1,) * x.ndim) * (x - baseline)[None]
+    grads = _input_grad(net, variables, points.reshape(-1, *x.shape[1:]),
+                        jnp.tile(classes, per_call)).reshape(per_call, *x.shape)
+    return jnp.tensordot(w, grads, axes=1)
 
-  total = jax.lax.map(point, (jnp.asarray(alphas, jnp.float32),
+  total = jax.lax.map(chunk, (jnp.asarray(alphas, jnp.float32),
                                jnp.asarray(weights, jnp.float32))).sum(axis=0)
   attr = total * (x - baseline)
   gap = (_class_score(net.logits(variables, x), classes) -
@@ -267,8 +277,9 @@ def relu_rule_gradient(net, variables, x, classes, rule: str):
 
 
 def to_map(attr: jax.Array) -> jax.Array:
-  """(N, H, W) importance of a per-channel attribution: the sum of absolute values."""
-  return jnp.abs(attr).sum(axis=-1) if attr.ndim == 4 else attr
+  """Importance per position (N, *spatial) of a per-channel attribution: |attr| summed over
+  channels."""
+  return jnp.abs(attr).sum(axis=-1)
 
 
 # ----------------------------------------------------------------------------- projections
@@ -423,9 +434,12 @@ def deletion_insertion(net, variables, x, classes, maps, steps: int = 20,
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
   """Mean over images of the rank correlation of two maps (N x ...)."""
+  import warnings
   from scipy import stats
-  out = [stats.spearmanr(p.ravel(), q.ravel()).statistic for p, q in zip(a, b)]
-  return float(np.nanmean(out))
+  with warnings.catch_warnings():  # a constant map (all-zero gradient) has no ranks: NaN
+    warnings.simplefilter('ignore')
+    out = [stats.spearmanr(p.ravel(), q.ravel()).statistic for p, q in zip(a, b)]
+    return float(np.nanmean(out)) if not np.isnan(out).all() else float('nan')
 
 
 def topk_intersection(a: np.ndarray, b: np.ndarray, fraction: float = 0.1) -> float:
@@ -507,6 +521,10 @@ class Options:
   occlusion_stride: int = 2
   occlusion_fill: float = 0.0
   maximize_steps: int = 256
+  maximize_targets: tuple[str, ...] = ()  # 'classes' (default) or 'LAYER:CHANNEL' entries
+  fourier: bool = True
+  jitter: int = 2
+  blur_every: int = 0
   invert_steps: int = 300
   invert_images: int = 4
   seed: int = 0
@@ -594,6 +612,24 @@ def _image_grid(plt, rows: list[np.ndarray], row_labels: list[str], path: str,
   common.save_figure(fig, path)
 
 
+def _targets(net, o: Options, num_classes: int, convs) -> list[tuple[str, Callable]]:
+  """(label, score(variables, x)) of each activation-maximization target."""
+  out = []
+  names = [name for name, _ in convs]
+  for spec in o.maximize_targets or ('classes',):
+    if spec == 'classes':
+      out += [(f'logit {c}', lambda v, x, c=c: net.logits(v, x)[:, c]) for c in range(num_classes)]
+      continue
+    layer, _, channel = spec.rpartition(':')
+    if layer not in names or not channel.isdigit():
+      raise UserError(f"maximize target {spec!r} is not 'classes' or LAYER:CHANNEL with a conv "
+                      f'layer of this model ({", ".join(names)})')
+    ch = int(channel)
+    out.append((spec, lambda v, x, layer=layer, ch=ch: net.with_layer(v, x, layer)[1][..., ch].mean(
+        axis=tuple(range(1, x.ndim - 1)))))
+  return out
+
+
 def list_layers(workdir: str) -> list[tuple[str, tuple[int, ...]]]:
   """The conv layers of a trained run's model, with their output shapes."""
   from train import checkpoints
@@ -610,13 +646,17 @@ def run_explain(workdir: str, o: Options) -> dict:
   from kernels import convolutions
   from train import checkpoints
   check_options(o)
+  t_start = time.time()
   run = checkpoints.load_run(workdir, o.step)
   # XLA's convolutions: the targeted attack and the feature syntheses need second derivatives,
   # which the oneDNN kernels' first-order VJP does not give (inference is the same math).
   model = models.create(run.config.model, run.info.num_classes, run.config.dtype,
                         convolutions=convolutions.XLA)
   net = Net(model, run.preprocess)
-  variables = run.variables
+  # Every array on one device, committed alike: jit caches by placement, and a mix of restored
+  # and freshly initialized arrays would recompile at every randomization step.
+  device = jax.local_devices()[0]
+  variables = jax.device_put(run.variables, device)
   shape = run.info.shape
   convs = conv_layers(net, variables, shape)
   spatial = [name for name, s in convs if len(s) == 3 and s[0] * s[1] > 1]
@@ -628,8 +668,8 @@ def run_explain(workdir: str, o: Options) -> dict:
   out = common.output_dir(workdir, 'explain')
   plt = common.pyplot()
   images, labels, idx = common.test_examples(run, o.num_images, o.seed, per_class=True)
-  x = jnp.asarray(images, jnp.float32)
-  classes = jnp.asarray(labels, jnp.int32)
+  x = jax.device_put(jnp.asarray(images, jnp.float32), device)
+  classes = jax.device_put(jnp.asarray(labels, jnp.int32), device)
   notes: dict[str, str] = {}
   results: dict[str, Any] = {'workdir': '.', 'step': run.step, 'model': run.config.model.name,
                              'images': idx.tolist(), 'layer': layer, 'notes': notes}
@@ -638,6 +678,9 @@ def run_explain(workdir: str, o: Options) -> dict:
   if 'maps' in o.parts:
     noise = smoothgrad_noise(key, x, o.smoothgrad_samples, o.noise_level)
     fns = _method_fns(o, run.preprocess.mean, layer if image_model else None, noise)
+    cheap = dataclasses.replace(o, ig_steps=min(o.ig_steps, 16))
+    attack_fns = _method_fns(cheap, run.preprocess.mean, layer if image_model else None,
+                             noise[:8])
     methods = []
     for m in o.methods:
       if m not in fns or (not image_model and m in ('occlusion', 'gradcam', 'gradcam_pp')):
@@ -645,7 +688,8 @@ def run_explain(workdir: str, o: Options) -> dict:
                     'needs a conv layer with spatial extent; this model has none')
         continue
       methods.append(m)
-    random_vars = model.init(jax.random.key(o.seed + 1), x[:1] * 0, train=False)
+    random_vars = jax.device_put(model.init(jax.random.key(o.seed + 1), x[:1] * 0, train=False),
+                                 device)
     cascade = cascading_randomization(variables, random_vars)
     rng = np.random.default_rng(o.seed)
     small = jnp.asarray(rng.uniform(-2, 2, x.shape), jnp.float32)  # +-2 of 255 levels
@@ -673,14 +717,14 @@ def run_explain(workdir: str, o: Options) -> dict:
         per_layer = [(name, spearman(maps[m], np.asarray(fn(v, x, classes))))
                      for name, v in cascade]
         row['sanity_rank_corr'] = per_layer[-1][1]
-        row['sanity_cascade'] = {name: round(r, 4) for name, r in per_layer}
+        row['sanity_cascade'] = [[name, round(r, 4)] for name, r in per_layer]  # top first
         noisy = np.asarray(fn(variables, x_noisy, classes))
         row['fragility_random_topk'] = topk_intersection(maps[m][same], noisy[same])
         row['fragility_random_rank_corr'] = spearman(maps[m][same], noisy[same])
         if m in ATTACKABLE and image_model:
-          def smooth_map(v, xp, m=m):
+          def smooth_map(v, xp, m=m):  # a cheaper surrogate of the map guides the attack
             with relu_rule('softplus'):
-              return fns[m](net, v, xp, classes)
+              return attack_fns[m](net, v, xp, classes)
           xp = targeted_perturbation(net, variables, x, classes, smooth_map)
           attacked = np.asarray(fn(variables, xp, classes))
           row['fragility_topk'] = topk_intersection(maps[m], attacked)
@@ -690,6 +734,8 @@ def run_explain(workdir: str, o: Options) -> dict:
           notes.setdefault(f'{m}: fragility_topk', 'no targeted attack: the map is not a '
                            'smooth function of the input (or too costly to differentiate)')
       rows.append(row)
+      logging.info('explain: %s: deletion AUC %s, sanity %s (%.0f s so far)', m,
+                   row.get('deletion_auc'), row.get('sanity_rank_corr'), time.time() - t_start)
     if image_model:
       _overlay_grid(plt, images, {m: maps[m] for m in methods}, labels,
                     f'{out}/maps.png')
@@ -717,14 +763,14 @@ def run_explain(workdir: str, o: Options) -> dict:
     _image_grid(plt, rows_img, row_labels, f'{out}/projections.png')
 
   if 'maximize' in o.parts and image_model:
-    score = lambda cls: (lambda v, xx: net.logits(v, xx)[:, cls])
     rows_img, row_labels, maxi = [], [], []
-    for cls in range(run.info.num_classes):
-      imgs, start, end = maximize(net, variables, shape, score(cls), starts=3,
-                                  steps=o.maximize_steps, fourier=True, seed=o.seed + cls)
+    for i, (target, score) in enumerate(_targets(net, o, run.info.num_classes, convs)):
+      imgs, start, end = maximize(net, variables, shape, score, starts=3,
+                                  steps=o.maximize_steps, jitter=o.jitter,
+                                  blur_every=o.blur_every, fourier=o.fourier, seed=o.seed + i)
       rows_img.append(imgs)
-      row_labels.append(f'class {cls}')
-      maxi.append({'target': f'logit {cls}', 'start': [round(float(s), 3) for s in start],
+      row_labels.append(target)
+      maxi.append({'target': target, 'start': [round(float(s), 3) for s in start],
                    'end': [round(float(e), 3) for e in end]})
     results['maximization'] = maxi
     _image_grid(plt, rows_img, row_labels, f'{out}/maximization.png')

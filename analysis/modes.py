@@ -21,6 +21,11 @@ flags.DEFINE_float('explain_noise_level', 0.15, 'SmoothGrad noise stdev / (max -
 flags.DEFINE_integer('explain_occlusion_size', 6, 'Occlusion patch side (pixels).')
 flags.DEFINE_integer('explain_occlusion_stride', 2, 'Occlusion stride (pixels).')
 flags.DEFINE_integer('explain_maximize_steps', 256, 'Activation-maximization steps.')
+flags.DEFINE_list('explain_maximize_targets', [], 'Activation-maximization targets: classes '
+                  '(every class logit, the default) and/or LAYER:CHANNEL (a feature map\'s mean).')
+flags.DEFINE_bool('explain_fourier', True, 'Maximize over a decorrelated Fourier-space image.')
+flags.DEFINE_integer('explain_jitter', 2, 'Random shift (pixels) of the image at each step.')
+flags.DEFINE_integer('explain_blur_every', 0, 'Blur the (pixel-space) image every N steps.')
 flags.DEFINE_integer('explain_invert_steps', 300, 'Feature-inversion steps per layer.')
 flags.DEFINE_integer('explain_invert_images', 4, 'Images reconstructed per layer.')
 flags.DEFINE_integer('explain_seed', 0, 'Seed of the image picks, noise and random starts.')
@@ -50,7 +55,10 @@ def explain(config, workdir: str) -> None:
       ig_steps=FLAGS.explain_ig_steps, ig_baseline=FLAGS.explain_ig_baseline,
       smoothgrad_samples=FLAGS.explain_smoothgrad_samples, noise_level=FLAGS.explain_noise_level,
       occlusion_size=FLAGS.explain_occlusion_size, occlusion_stride=FLAGS.explain_occlusion_stride,
-      maximize_steps=FLAGS.explain_maximize_steps, invert_steps=FLAGS.explain_invert_steps,
+      maximize_steps=FLAGS.explain_maximize_steps,
+      maximize_targets=tuple(FLAGS.explain_maximize_targets), fourier=FLAGS.explain_fourier,
+      jitter=FLAGS.explain_jitter, blur_every=FLAGS.explain_blur_every,
+      invert_steps=FLAGS.explain_invert_steps,
       invert_images=FLAGS.explain_invert_images, seed=FLAGS.explain_seed)
   if FLAGS.explain_list_layers:
     for name, shape in explain_lib.list_layers(workdir):

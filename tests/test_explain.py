@@ -192,3 +192,51 @@ def test_explain_mode_writes_its_outputs_and_refuses_bad_options(trained):
                        text=True, timeout=300)
   errors = [l for l in bad.stderr.splitlines() if l.startswith('error:')]
   assert bad.returncode == 2 and len(errors) == 1 and 'unknown explain method' in errors[0]
+
+
+class Seq(nn.Module):
+  """A 1-D conv net (sequences of 12 steps, 2 channels)."""
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = layers.ConvNormAct(4, kernel=3, norm='none')(x, train)
+    return nn.Dense(3)(x.mean(axis=1))
+
+
+def test_gradient_methods_run_on_1d_models_and_patch_methods_refuse():
+  model = Seq()
+  x = jax.random.uniform(jax.random.key(0), (2, 12, 2)) * 255
+  v = model.init(jax.random.key(1), x)
+  net = explain.Net(model, augment.Preprocess((127.0, 127.0), (64.0, 64.0)))
+  c = jnp.array([0, 2])
+  assert explain.to_map(explain.gradient(net, v, x, c)).shape == (2, 12)
+  attr, delta = explain.integrated_gradients(net, v, x, c, jnp.zeros_like(x), 64)
+  assert attr.shape == x.shape and np.abs(np.asarray(delta)).max() < 1e-2
+  with pytest.raises(UserError, match='2-D'):
+    explain.occlusion(net, v, x, c)
+  with pytest.raises(UserError, match='2-D conv layer'):
+    explain.gradcam(net, v, x, c, 'ConvNormAct_0')
+
+
+@pytest.mark.parametrize('name,knobs,shape', [
+    ('lenet5', {}, (28, 28, 1)), ('resnet20', {}, (16, 16, 3)), ('nin', {}, (16, 16, 3)),
+    ('allconv_c', {}, (16, 16, 3)), ('vgg11_bn', {'width_multiplier': 0.125,
+                                                  'global_pool': 'avg'}, (32, 32, 3)),
+    ('densenet_bc_100_k12', {'depth': 16}, (16, 16, 3)), ('simpnet_slim_300k', {}, (16, 16, 3)),
+])
+def test_layers_gradients_and_gradcam_work_on_every_family(name, knobs, shape):
+  import models
+  from configs import common
+  cfg = common.model_config(name)
+  for k, val in knobs.items():
+    cfg[k] = val
+  model = models.create(cfg, 10)
+  x = jax.random.uniform(jax.random.key(0), (2, *shape)) * 255
+  v = model.init(jax.random.key(1), x, train=False)
+  net = explain.Net(model, augment.Preprocess((127.0,) * shape[-1], (64.0,) * shape[-1]))
+  convs = explain.conv_layers(net, v, shape)
+  spatial = [n for n, s in convs if s[0] * s[1] > 1]
+  assert len(convs) >= 3 and spatial, convs
+  c = jnp.array([1, 2])
+  assert np.isfinite(np.asarray(explain.gradient(net, v, x, c))).all()
+  cam = explain.gradcam(net, v, x, c, spatial[-1])
+  assert cam.shape == (2, *shape[:2]) and (np.asarray(cam) >= 0).all()
