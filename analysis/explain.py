@@ -451,10 +451,29 @@ def topk_intersection(a: np.ndarray, b: np.ndarray, fraction: float = 0.1) -> fl
   return float(np.mean([len(np.intersect1d(p, q)) / k for p, q in zip(ta, tb)]))
 
 
-def cascading_randomization(variables, random_variables) -> list[tuple[str, dict]]:
+def module_order(net: Net, variables, example_shape) -> list[str]:
+  """The top-level modules holding parameters, in the order the forward pass calls them
+  (parameter dicts may come back from a checkpoint sorted by name: ConvNormAct_10 before _2)."""
+  order = []
+
+  def interceptor(next_fun, args, kwargs, context):
+    path = context.module.path
+    if len(path) == 1 and path[0] in variables['params'] and path[0] not in order:
+      order.append(path[0])
+    return next_fun(*args, **kwargs)
+
+  x = jax.ShapeDtypeStruct((1, *example_shape), jnp.float32)
+  with nn.intercept_methods(interceptor):
+    jax.eval_shape(net.logits, variables, x)
+  return order + [n for n in variables['params'] if n not in order]
+
+
+def cascading_randomization(variables, random_variables,
+                            order: list[str] | None = None) -> list[tuple[str, dict]]:
   """Adebayo et al.'s cascade: (module, variables) with the weights of the top module, then the
-  top two, ... down to every module, replaced by their freshly initialized values."""
-  names = list(variables['params'])
+  top two, ... down to every module, replaced by their freshly initialized values. `order` is
+  the forward order of the modules (module_order); by default the parameter dict's."""
+  names = order or list(variables['params'])
   out = []
   params = dict(variables['params'])
   stats = dict(variables.get('batch_stats', {}))
@@ -512,6 +531,7 @@ class Options:
   methods: tuple[str, ...] = METHODS
   parts: tuple[str, ...] = PARTS
   num_images: int = 8
+  explain_class: str = 'true'     # the class each map explains: true | predicted | an index
   layer: str = ''                 # Grad-CAM / projections layer ('' = the last spatial conv)
   ig_steps: int = 50
   ig_baseline: str = 'black'
@@ -648,11 +668,13 @@ def run_explain(workdir: str, o: Options) -> dict:
   check_options(o)
   t_start = time.time()
   run = checkpoints.load_run(workdir, o.step)
-  # XLA's convolutions: the targeted attack and the feature syntheses need second derivatives,
-  # which the oneDNN kernels' first-order VJP does not give (inference is the same math).
-  model = models.create(run.config.model, run.info.num_classes, run.config.dtype,
-                        convolutions=convolutions.XLA)
+  # The run's own convolutions (oneDNN's on AVX-512 CPUs: 20x faster input gradients here than
+  # XLA's, whose stem backward is slow); the targeted attack needs second derivatives, which
+  # oneDNN's first-order VJP does not give, so it differentiates a copy on XLA's.
+  model = run.model
   net = Net(model, run.preprocess)
+  smooth_net = Net(models.create(run.config.model, run.info.num_classes, run.config.dtype,
+                                 convolutions=convolutions.XLA), run.preprocess)
   # Every array on one device, committed alike: jit caches by placement, and a mix of restored
   # and freshly initialized arrays would recompile at every randomization step.
   device = jax.local_devices()[0]
@@ -669,10 +691,21 @@ def run_explain(workdir: str, o: Options) -> dict:
   plt = common.pyplot()
   images, labels, idx = common.test_examples(run, o.num_images, o.seed, per_class=True)
   x = jax.device_put(jnp.asarray(images, jnp.float32), device)
-  classes = jax.device_put(jnp.asarray(labels, jnp.int32), device)
+  if o.explain_class == 'true':
+    classes = jnp.asarray(labels, jnp.int32)
+  elif o.explain_class == 'predicted':
+    classes = jnp.argmax(net.logits(variables, x), axis=1).astype(jnp.int32)
+  elif o.explain_class.isdigit() and int(o.explain_class) < run.info.num_classes:
+    classes = jnp.full((len(x),), int(o.explain_class), jnp.int32)
+  else:
+    raise UserError(f"--explain_class must be true, predicted or a class index below "
+                    f"{run.info.num_classes}, got {o.explain_class!r}")
+  classes = jax.device_put(classes, device)
   notes: dict[str, str] = {}
   results: dict[str, Any] = {'workdir': '.', 'step': run.step, 'model': run.config.model.name,
-                             'images': idx.tolist(), 'layer': layer, 'notes': notes}
+                             'images': idx.tolist(), 'labels': labels.tolist(),
+                             'classes': np.asarray(classes).tolist(), 'layer': layer,
+                             'notes': notes}
   key = jax.random.key(o.seed)
 
   if 'maps' in o.parts:
@@ -690,7 +723,8 @@ def run_explain(workdir: str, o: Options) -> dict:
       methods.append(m)
     random_vars = jax.device_put(model.init(jax.random.key(o.seed + 1), x[:1] * 0, train=False),
                                  device)
-    cascade = cascading_randomization(variables, random_vars)
+    cascade = cascading_randomization(variables, random_vars,
+                                      module_order(net, variables, shape))
     rng = np.random.default_rng(o.seed)
     small = jnp.asarray(rng.uniform(-2, 2, x.shape), jnp.float32)  # +-2 of 255 levels
     x_noisy = jnp.clip(x + small, 0, PIXEL_MAX)
@@ -724,7 +758,7 @@ def run_explain(workdir: str, o: Options) -> dict:
         if m in ATTACKABLE and image_model:
           def smooth_map(v, xp, m=m):  # a cheaper surrogate of the map guides the attack
             with relu_rule('softplus'):
-              return attack_fns[m](net, v, xp, classes)
+              return attack_fns[m](smooth_net, v, xp, classes)
           xp = targeted_perturbation(net, variables, x, classes, smooth_map)
           attacked = np.asarray(fn(variables, xp, classes))
           row['fragility_topk'] = topk_intersection(maps[m], attacked)
@@ -734,8 +768,10 @@ def run_explain(workdir: str, o: Options) -> dict:
           notes.setdefault(f'{m}: fragility_topk', 'no targeted attack: the map is not a '
                            'smooth function of the input (or too costly to differentiate)')
       rows.append(row)
-      logging.info('explain: %s: deletion AUC %s, sanity %s (%.0f s so far)', m,
-                   row.get('deletion_auc'), row.get('sanity_rank_corr'), time.time() - t_start)
+      fmt = lambda v: 'n/a' if v is None else f'{v:.3f}'
+      logging.info('explain: %s: deletion AUC %s, insertion AUC %s, sanity %s (%.0f s so far)',
+                   m, fmt(row.get('deletion_auc')), fmt(row.get('insertion_auc')),
+                   fmt(row.get('sanity_rank_corr')), time.time() - t_start)
     if image_model:
       _overlay_grid(plt, images, {m: maps[m] for m in methods}, labels,
                     f'{out}/maps.png')

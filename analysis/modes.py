@@ -11,6 +11,8 @@ flags.DEFINE_list('explain_methods', [], '--mode=explain: attribution methods (d
 flags.DEFINE_list('explain_parts', [], '--mode=explain: what to run (default: all of maps, '
                   'projections, maximize, invert).')
 flags.DEFINE_integer('explain_images', 8, '--mode=explain: test images (picked per class by seed).')
+flags.DEFINE_string('explain_class', 'true', '--mode=explain: the class each map explains: '
+                    'true (the label), predicted, or a class index.')
 flags.DEFINE_string('explain_layer', '', '--mode=explain: conv layer for Grad-CAM and the '
                     'projections (default: the last conv layer with spatial extent).')
 flags.DEFINE_bool('explain_list_layers', False, '--mode=explain: print the conv layers and exit.')
@@ -51,7 +53,8 @@ def explain(config, workdir: str) -> None:
   o = explain_lib.Options(
       methods=tuple(FLAGS.explain_methods) or explain_lib.METHODS,
       parts=tuple(FLAGS.explain_parts) or explain_lib.PARTS,
-      num_images=FLAGS.explain_images, layer=FLAGS.explain_layer,
+      num_images=FLAGS.explain_images, explain_class=FLAGS.explain_class,
+      layer=FLAGS.explain_layer,
       ig_steps=FLAGS.explain_ig_steps, ig_baseline=FLAGS.explain_ig_baseline,
       smoothgrad_samples=FLAGS.explain_smoothgrad_samples, noise_level=FLAGS.explain_noise_level,
       occlusion_size=FLAGS.explain_occlusion_size, occlusion_stride=FLAGS.explain_occlusion_stride,
@@ -65,5 +68,7 @@ def explain(config, workdir: str) -> None:
       print(f'{name}  {"x".join(map(str, shape))}')
     return
   results = explain_lib.run_explain(workdir, o)
+  for what, why in results['notes'].items():
+    print(f'explain: {what}: {why}')
   print(f'explain: {len(results.get("methods", []))} methods on {o.num_images} images; '
         f'outputs in {workdir}/explain/', flush=True)

@@ -71,7 +71,6 @@ def main() -> None:
   import jax
   import jax.numpy as jnp
   from analysis import common, explain
-  from kernels import convolutions
   from train import checkpoints
   run = checkpoints.load_run(args.workdir)
   if not getattr(run.model, 'layout', None):

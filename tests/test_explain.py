@@ -150,7 +150,11 @@ def test_deletion_beats_a_random_map_and_randomized_weights_decorrelate(trained)
   assert float(d_ig.mean()) < 0.9 * float(d_rand.mean())  # the probability falls faster
   grad_map = explain.to_map(explain.gradient(net, v, x, y))
   random_v = net.model.init(jax.random.key(7), x[:1], train=False)
-  last = explain.cascading_randomization(v, random_v)[-1][1]
+  order = explain.module_order(net, v, x.shape[1:])
+  assert order == ['ConvNormAct_0', 'ConvNormAct_1', 'ConvNormAct_2', 'Dense_0']
+  cascade = explain.cascading_randomization(v, random_v, order)
+  assert [name for name, _ in cascade] == order[::-1]  # from the classifier down
+  last = cascade[-1][1]
   randomized = explain.to_map(explain.gradient(net, last, x, y))
   assert explain.spearman(np.asarray(grad_map), np.asarray(randomized)) < 0.5
   assert explain.spearman(np.asarray(grad_map), np.asarray(grad_map)) == pytest.approx(1.0)
@@ -236,6 +240,9 @@ def test_layers_gradients_and_gradcam_work_on_every_family(name, knobs, shape):
   convs = explain.conv_layers(net, v, shape)
   spatial = [n for n, s in convs if s[0] * s[1] > 1]
   assert len(convs) >= 3 and spatial, convs
+  order = explain.module_order(net, v, shape)  # forward order, whatever the dict's order
+  top = [n for n, _ in convs if '/' not in n]
+  assert [n for n in order if n in top] == top and sorted(order) == sorted(v['params'])
   c = jnp.array([1, 2])
   assert np.isfinite(np.asarray(explain.gradient(net, v, x, c))).all()
   cam = explain.gradcam(net, v, x, c, spatial[-1])
