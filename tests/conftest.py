@@ -67,3 +67,24 @@ def flat_leaves(tree) -> dict:
 @pytest.fixture
 def workdir(tmp_path):
   return str(tmp_path / 'run')
+
+
+@pytest.fixture(scope='session')
+def small_trained_net(tmp_path_factory):
+  """A small SimpleNet trained on learnable synthetic 16x16x1 data, loaded for analysis with
+  XLA's convolutions: (workdir, explain.Net, variables, 16 test images, their labels)."""
+  import jax.numpy as jnp
+  import models
+  from analysis import explain
+  from kernels import convolutions
+  from train import checkpoints
+  workdir = str(tmp_path_factory.mktemp('analysis') / 'run')
+  run_main([f'--workdir={workdir}', *overrides(
+      num_train_steps=160, log_every_steps=40, **{'dataset.image_shape': '16,16,1',
+                                                  'model.layers': '8,p,16,p,16',
+                                                  'optimizer.learning_rate': 0.02})])
+  run = checkpoints.load_run(workdir)
+  model = models.create(run.config.model, run.info.num_classes, convolutions=convolutions.XLA)
+  test = run.test_split()
+  x = jnp.asarray(test.images[:16], jnp.float32)
+  return workdir, explain.Net(model, run.preprocess), run.variables, x, jnp.asarray(test.labels[:16])

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, overrides, run_main
+from conftest import REPO
 
 from analysis import explain  # noqa: E402  (conftest puts the repository on sys.path)
 from data import augment  # noqa: E402
@@ -23,21 +23,8 @@ IDENTITY = augment.Preprocess((0.0,), (1.0,))
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-  """A small SimpleNet trained on learnable synthetic 16x16x1 data, loaded for analysis."""
-  workdir = str(tmp_path_factory.mktemp('explain') / 'run')
-  run_main([f'--workdir={workdir}', *overrides(
-      num_train_steps=160, log_every_steps=40, **{'dataset.image_shape': '16,16,1',
-                                                  'model.layers': '8,p,16,p,16',
-                                                  'optimizer.learning_rate': 0.02})])
-  import models
-  from kernels import convolutions
-  from train import checkpoints
-  run = checkpoints.load_run(workdir)
-  model = models.create(run.config.model, run.info.num_classes, convolutions=convolutions.XLA)
-  test = run.test_split()
-  x = jnp.asarray(test.images[:16], jnp.float32)
-  return workdir, explain.Net(model, run.preprocess), run.variables, x, jnp.asarray(test.labels[:16])
+def trained(small_trained_net):
+  return small_trained_net
 
 
 class Linear(nn.Module):

@@ -1,0 +1,106 @@
+"""FGSM and PGD side by side with torchattacks on the same trained SimpleNet, weights and test
+images: adversarial examples per second, FGSM perturbations compared element by element, and
+robust accuracies (analysis/attack.py against torchattacks 3.5.1 on the bench's PyTorch copy).
+
+  .venv/bin/python bench/attack_compare.py --workdir=runs/default [--images=256] [--eps=0.00784]
+
+Needs a trained SimpleNet run (`make run`) and the PyTorch venv with torchattacks, installed
+without its dependencies (they would replace the pinned CPU torch with a CUDA build):
+`.venv-torch/bin/pip install --no-deps torchattacks==3.5.1`. Writes
+bench/results/attack_compare.json and prints a table.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, 'bench'))
+
+
+def main() -> None:
+  p = argparse.ArgumentParser()
+  p.add_argument('--workdir', default=os.path.join(REPO, 'runs', 'default'))
+  p.add_argument('--torch_python', default=os.path.join(REPO, '.venv-torch', 'bin', 'python'))
+  p.add_argument('--images', type=int, default=256)
+  p.add_argument('--eps', type=float, default=2 / 255)
+  p.add_argument('--steps', type=int, default=20)
+  args = p.parse_args()
+
+  import jax
+  import jax.numpy as jnp
+  from analysis import attack, common, explain
+  from explain_compare import export
+  from train import checkpoints
+  run = checkpoints.load_run(args.workdir)
+  images, labels, _ = common.test_examples(run, args.images, seed=0)
+  images = images.astype(np.float32)
+  f = attack.logits01(explain.Net(run.model, run.preprocess), run.variables)
+  x, y = jnp.asarray(images) / 255.0, jnp.asarray(labels)
+  fgsm = jax.jit(lambda x, y: attack.fgsm(f, x, y, args.eps))
+  pgd = jax.jit(lambda x, y: attack.pgd(f, x, y, args.eps, steps=args.steps))
+  ours = {}
+  for name, fn in (('fgsm', fgsm), ('pgd', pgd)):
+    jax.block_until_ready(fn(x[:8], y[:8]))  # compile for the warm-up shape, like theirs
+    jax.block_until_ready(fn(x, y))          # and for the timed one
+    t = time.perf_counter()
+    ours[name] = np.asarray(jax.block_until_ready(fn(x, y)))
+    ours[f'{name}_seconds'] = time.perf_counter() - t
+  clean = attack.accuracy(f, x, y)
+  with tempfile.TemporaryDirectory() as tmp:
+    exported = export(run, images, labels, argparse.Namespace(ig_steps=0, repeats=0))
+    np.savez(os.path.join(tmp, 'export.npz'), eps=args.eps, steps=args.steps, **exported)
+    proc = subprocess.run([args.torch_python, os.path.join(REPO, 'bench', 'torchattacks_attack.py'),
+                           os.path.join(tmp, 'export.npz'), os.path.join(tmp, 'out.npz')],
+                          capture_output=True, text=True, check=True)
+    theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+    adv = dict(np.load(os.path.join(tmp, 'out.npz')))
+  labels_np = np.asarray(labels)
+  ours_delta, their_delta = ours['fgsm'] - np.asarray(x), adv['fgsm'] - np.asarray(x)
+  result = {
+      'workdir': os.path.basename(os.path.abspath(args.workdir)), 'images': len(images),
+      'eps': args.eps, 'steps': args.steps, 'conv_impl': run.convolutions.impl,
+      'clean_accuracy': clean,
+      'fgsm_same_sign_fraction': float(np.mean(np.sign(ours_delta) == np.sign(their_delta))),
+      # Where both moved a pixel; the rest is mostly max-pool ties on the black background,
+      # whose gradient each framework hands to a different pixel of the window.
+      'fgsm_same_sign_where_both_moved': float(np.mean(
+          (np.sign(ours_delta) == np.sign(their_delta))[(ours_delta != 0) & (their_delta != 0)])),
+      'fgsm_accuracy': attack.accuracy(f, jnp.asarray(ours['fgsm']), y),
+      'torchattacks_fgsm_accuracy': float(np.mean(adv['fgsm_pred'] == labels_np)),
+      'pgd_accuracy': attack.accuracy(f, jnp.asarray(ours['pgd']), y),
+      'torchattacks_pgd_accuracy': float(np.mean(adv['pgd_pred'] == labels_np)),
+      'ours_pgd_examples_per_sec': len(images) / ours['pgd_seconds'],
+      'torchattacks_pgd_examples_per_sec': len(images) / theirs['pgd_seconds'],
+      'ours_fgsm_examples_per_sec': len(images) / ours['fgsm_seconds'],
+      'torchattacks_fgsm_examples_per_sec': len(images) / theirs['fgsm_seconds'],
+      'torch': theirs['torch'], 'torchattacks': theirs['torchattacks'],
+  }
+  result['pgd_ratio'] = (result['ours_pgd_examples_per_sec'] /
+                         result['torchattacks_pgd_examples_per_sec'])
+  os.makedirs(os.path.join(REPO, 'bench', 'results'), exist_ok=True)
+  with open(os.path.join(REPO, 'bench', 'results', 'attack_compare.json'), 'w') as fh:
+    json.dump(result, fh, indent=2)
+  print(f"clean {100 * clean:.1f}%, eps {args.eps:.4f}, {len(images)} images, "
+        f"{run.convolutions.impl} convolutions")
+  print('| attack | this project: accuracy, examples/s | torchattacks: accuracy, examples/s | ratio |')
+  print('|---|---|---|---|')
+  for name in ('fgsm', 'pgd'):
+    r = result[f'ours_{name}_examples_per_sec'] / result[f'torchattacks_{name}_examples_per_sec']
+    print(f"| {name}{'-' + str(args.steps) if name == 'pgd' else ''} | "
+          f"{100 * result[f'{name}_accuracy']:.1f}%, {result[f'ours_{name}_examples_per_sec']:.0f} | "
+          f"{100 * result[f'torchattacks_{name}_accuracy']:.1f}%, "
+          f"{result[f'torchattacks_{name}_examples_per_sec']:.0f} | {r:.2f}x |")
+  print(f"FGSM perturbations with the same sign: {100 * result['fgsm_same_sign_fraction']:.3f}% "
+        f"({100 * result['fgsm_same_sign_where_both_moved']:.3f}% where both moved the pixel)")
+
+
+if __name__ == '__main__':
+  main()
