@@ -765,8 +765,9 @@ def run_explain(workdir: str, o: Options) -> dict:
           row['fragility_rank_corr'] = spearman(maps[m], attacked)
         else:
           row['fragility_topk'] = None
-          notes.setdefault(f'{m}: fragility_topk', 'no targeted attack: the map is not a '
-                           'smooth function of the input (or too costly to differentiate)')
+          notes.setdefault(f'{m}: fragility_topk', 'no targeted attack: ' + (
+              'the map is not a smooth function of the input (or too costly to differentiate)'
+              if image_model else 'it is implemented for 2-D images'))
       rows.append(row)
       fmt = lambda v: 'n/a' if v is None else f'{v:.3f}'
       logging.info('explain: %s: deletion AUC %s, insertion AUC %s, sanity %s (%.0f s so far)',
