@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import time
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -30,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import util
+from analysis import common
 from errors import UserError
 from models import layers as layers_lib
 
@@ -360,9 +363,9 @@ def maximize(net, variables, shape, score: Callable, starts: int = 4, steps: int
   opt = tx.init(latent)
   for i in range(steps):
     latent, opt = step(latent, opt, jax.random.fold_in(key, i))
-    if blur_every and not fourier and (i + 1) % blur_every == 0:
-      x = blur(decode(latent), 0.5)
-      latent = jnp.log(jnp.clip(x / PIXEL_MAX, 1e-4, 1 - 1e-4) / (1 - jnp.clip(x / PIXEL_MAX, 1e-4, 1 - 1e-4)))
+    if blur_every and not fourier and (i + 1) % blur_every == 0:  # blur the image, re-encode it
+      p = jnp.clip(blur(decode(latent), 0.5) / PIXEL_MAX, 1e-4, 1 - 1e-4)
+      latent = jnp.log(p / (1 - p))
   return np.asarray(decode(latent)), start, np.asarray(measure(latent))
 
 
@@ -606,7 +609,6 @@ def _overlay_grid(plt, images, maps: dict, labels, path: str) -> None:
   for ax in axes.ravel():
     ax.axis('off')
   fig.tight_layout()
-  from analysis import common
   common.save_figure(fig, path)
 
 
@@ -628,7 +630,6 @@ def _image_grid(plt, rows: list[np.ndarray], row_labels: list[str], path: str,
       elif i == 0 and col_labels and j < len(col_labels):
         ax.set_title(col_labels[j], fontsize=7)
   fig.tight_layout()
-  from analysis import common
   common.save_figure(fig, path)
 
 
@@ -659,10 +660,7 @@ def list_layers(workdir: str) -> list[tuple[str, tuple[int, ...]]]:
 
 def run_explain(workdir: str, o: Options) -> dict:
   """`--mode=explain`: everything of this module on a trained run, into `W/explain/`."""
-  import time
-
   import models
-  from analysis import common
   from kernels import convolutions
   from train import checkpoints
   check_options(o)
@@ -811,7 +809,6 @@ def run_explain(workdir: str, o: Options) -> dict:
                    'end': [round(float(e), 3) for e in end]})
     results['maximization'] = maxi
     _image_grid(plt, rows_img, row_labels, f'{out}/maximization.png')
-    import util
     util.write_json(f'{out}/maximization.json', maxi)
 
   if 'invert' in o.parts and image_model:
@@ -824,7 +821,6 @@ def run_explain(workdir: str, o: Options) -> dict:
                        'ssim': float(np.mean(q))})
       grid.append(np.asarray(rec))
       labels_.append(f'{name}: {np.mean(p):.1f} dB')
-    import util
     util.write_json(f'{out}/inversion.json', {'images': idx[:o.invert_images].tolist(),
                                               'layers': inv_rows})
     fig, axes = plt.subplots(1, 2, figsize=(9, 3))

@@ -30,9 +30,8 @@ def export(run, images, labels, args) -> dict:
   """The run's SimpleNet weights in the order the PyTorch copy builds its layers."""
   params, stats = run.variables['params'], run.variables['batch_stats']
   convs = sorted((k for k in params if k.startswith('ConvNormAct_')), key=lambda k: int(k[12:]))
-  out = {'layout': run.model.layout and ','.join(
-      'p' if t == 'p' else f'{t.width}' + (f'k{t.kernel}' if t.kernel != 3 else '')
-      for t in run.model.layout), 'in_channels': run.info.shape[-1],
+  from models import layout
+  out = {'layout': layout.format_layout(list(run.model.layout)), 'in_channels': run.info.shape[-1],
       'num_classes': run.info.num_classes, 'mean': np.float32(run.preprocess.mean),
       'std': np.float32(run.preprocess.std), 'images': images, 'labels': labels,
       'ig_steps': args.ig_steps, 'occ_size': 6, 'occ_stride': 2, 'repeats': args.repeats,

@@ -17,11 +17,12 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
+import models
 import util
 from data import augment, sources
-from kernels import runtime
+from kernels import convolutions, runtime
 from models import summary
-from train import distributed, loop
+from train import distributed, loop, steps as steps_lib
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
@@ -50,7 +51,7 @@ def run(config, workdir: str, steps: int = 30, warmup: int = 3) -> dict:
   exp = loop.setup(config, data, None, info, preprocess,
                    total_steps=max(steps + warmup, 10) * 10)
   state, key, source = exp.state, exp.step_key, exp.train_source
-  metrics = loop.steps.empty_metrics(distributed.replicated(exp.mesh))
+  metrics = steps_lib.empty_metrics(distributed.replicated(exp.mesh))
 
   t0 = time.perf_counter()
   compiled = exp.train_step.lower(state, metrics, source.step_inputs(0), key).compile()
@@ -59,13 +60,10 @@ def run(config, workdir: str, steps: int = 30, warmup: int = 3) -> dict:
   if exp.convolutions.impl != 'xla':
     # XLA counts no FLOPs inside FFI calls: count those of the same step with XLA's
     # convolutions (compiled, not just lowered: the optimized HLO is what the count is of).
-    with config.unlocked():
-      config.conv_impl = 'xla'
-    xla = loop.setup(config, data, None, info, preprocess, total_steps=exp.total_steps)
-    flops = summary.flops(xla.train_step.lower(xla.state, metrics, xla.train_source.step_inputs(0),
-                                               key).compile())
-    with config.unlocked():
-      config.conv_impl = exp.convolutions.impl
+    xla_model = models.create(config.model, info.num_classes, steps_lib.DTYPES[config.dtype],
+                              convolutions=convolutions.XLA)
+    xla_step = steps_lib.make_train_step(xla_model, exp.tx, config, source, preprocess, exp.mesh)
+    flops = summary.flops(xla_step.lower(state, metrics, source.step_inputs(0), key).compile())
 
   step = 0
   for _ in range(warmup):

@@ -134,6 +134,15 @@ class Experiment:
   num_params: int
 
 
+def evaluator(config, test: datasets.Split, model, preprocess: augment.Preprocess, mesh,
+              convs: convolutions_lib.Convolutions):
+  """(eval source, jitted eval step) over `test`, as a run evaluates: its eval batch size,
+  flip TTA and compiler options. Shared by training and `--mode=eval`."""
+  source = sources.InMemoryEval(test, config.eval_batch_size, mesh)
+  return source, steps.make_eval_step(model, source, preprocess, mesh, config.eval_flip_tta,
+                                      convs.compiler_options())
+
+
 def setup(config, train: datasets.Split, test: datasets.Split | None, info: datasets.DatasetInfo,
           preprocess: augment.Preprocess, total_steps: int | None = None) -> Experiment:
   """Mesh, data sources, model, optimizer, initial state and the jitted steps of a run."""
@@ -144,7 +153,6 @@ def setup(config, train: datasets.Split, test: datasets.Split | None, info: data
     raise UserError(f'batch_size {batch} is larger than the {len(train.labels)} training examples')
   init_key, data_key, step_key = steps.run_keys(config.seed, rep)
   train_source = sources.InMemoryTrain(train, batch, mesh, data_key)
-  eval_source = sources.InMemoryEval(test, config.eval_batch_size, mesh) if test else None
   spe = train_source.steps_per_epoch
   total = total_steps or config.num_train_steps or config.num_epochs * spe
   convs = convolutions_lib.select(config.conv_impl, config.conv_algorithm)
@@ -153,10 +161,10 @@ def setup(config, train: datasets.Split, test: datasets.Split | None, info: data
   tx = optim.create(config, spe, total)
   state = steps.create_train_state(model, tx, info.shape, init_key, rep,
                                    ema=config.ema_decay > 0)
-  options = convs.compiler_options()
-  train_step = steps.make_train_step(model, tx, config, train_source, preprocess, mesh, options)
-  eval_step = steps.make_eval_step(model, eval_source, preprocess, mesh, config.eval_flip_tta,
-                                   options) if test else None
+  train_step = steps.make_train_step(model, tx, config, train_source, preprocess, mesh,
+                                     convs.compiler_options())
+  eval_source, eval_step = (evaluator(config, test, model, preprocess, mesh, convs) if test
+                            else (None, None))
   return Experiment(config=config, info=info, mesh=mesh, model=model, tx=tx,
                     train_source=train_source, eval_source=eval_source, preprocess=preprocess,
                     convolutions=convs, state=state, step_key=step_key, train_step=train_step,

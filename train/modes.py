@@ -35,8 +35,7 @@ def evaluate(config, workdir: str) -> None:
   did (same eval step, EMA weights and flip TTA when the run used them), prints the accuracy
   and writes `workdir/eval.json`. Needs no --config: the run's own config.json is used."""
   import util
-  from train import checkpoints, distributed, steps
-  from data import sources
+  from train import checkpoints, distributed, loop, steps
   if not workdir:
     raise UserError('--workdir is required: the trained run to evaluate')
   if config is not None:
@@ -45,9 +44,8 @@ def evaluate(config, workdir: str) -> None:
   run = checkpoints.load_run(workdir, None if FLAGS.eval_step < 0 else FLAGS.eval_step)
   test = run.test_split()
   mesh = distributed.mesh()
-  source = sources.InMemoryEval(test, run.config.eval_batch_size, mesh)
-  eval_step = steps.make_eval_step(run.model, source, run.preprocess, mesh,
-                                   run.config.eval_flip_tta, run.convolutions.compiler_options())
+  source, eval_step = loop.evaluator(run.config, test, run.model, run.preprocess, mesh,
+                                     run.convolutions)
   variables = distributed.replicate_tree(run.variables, mesh)
   ev = steps.evaluate(eval_step, variables, source)
   result = {'test_accuracy': ev['accuracy'], 'test_loss': ev['loss'], 'step': run.step,
