@@ -27,6 +27,7 @@ MODES = {
     'benchmark': (train_modes.benchmark, True, True),
     'summary': (analysis_modes.summary, True, False),
     'explain': (analysis_modes.explain, False, True),
+    'attack': (analysis_modes.attack, False, True),
     'sweep': (sweep_modes.sweep, True, False),
     'report': (sweep_modes.report, False, False),
 }

@@ -612,7 +612,7 @@ def _overlay_grid(plt, images, maps: dict, labels, path: str) -> None:
   common.save_figure(fig, path)
 
 
-def _image_grid(plt, rows: list[np.ndarray], row_labels: list[str], path: str,
+def image_grid(plt, rows: list[np.ndarray], row_labels: list[str], path: str,
                 col_labels: list[str] | None = None) -> None:
   n_cols = max(len(r) for r in rows)
   fig, axes = plt.subplots(len(rows), n_cols, figsize=(1.4 * n_cols, 1.5 * len(rows)),
@@ -795,7 +795,7 @@ def run_explain(workdir: str, o: Options) -> dict:
       results.setdefault('projections', []).append(
           {'layer': layer, 'channel': channel, 'top_images': top.tolist(),
            'peak_activations': [round(float(p), 4) for p in peaks]})
-    _image_grid(plt, rows_img, row_labels, f'{out}/projections.png')
+    image_grid(plt, rows_img, row_labels, f'{out}/projections.png')
 
   if 'maximize' in o.parts and image_model:
     rows_img, row_labels, maxi = [], [], []
@@ -808,7 +808,7 @@ def run_explain(workdir: str, o: Options) -> dict:
       maxi.append({'target': target, 'start': [round(float(s), 3) for s in start],
                    'end': [round(float(e), 3) for e in end]})
     results['maximization'] = maxi
-    _image_grid(plt, rows_img, row_labels, f'{out}/maximization.png')
+    image_grid(plt, rows_img, row_labels, f'{out}/maximization.png')
     util.write_json(f'{out}/maximization.json', maxi)
 
   if 'invert' in o.parts and image_model:
@@ -829,6 +829,6 @@ def run_explain(workdir: str, o: Options) -> dict:
     axes[1].plot(range(len(inv_rows)), [r['ssim'] for r in inv_rows], 'o-')
     axes[1].set(xlabel='conv layer (input to output)', ylabel='SSIM')
     common.save_figure(fig, f'{out}/inversion_quality.png')
-    _image_grid(plt, grid, labels_, f'{out}/inversion.png')
+    image_grid(plt, grid, labels_, f'{out}/inversion.png')
     results['inversion'] = inv_rows
   return results

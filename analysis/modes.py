@@ -31,6 +31,34 @@ flags.DEFINE_integer('explain_blur_every', 0, 'Blur the (pixel-space) image ever
 flags.DEFINE_integer('explain_invert_steps', 300, 'Feature-inversion steps per layer.')
 flags.DEFINE_integer('explain_invert_images', 4, 'Images reconstructed per layer.')
 flags.DEFINE_integer('explain_seed', 0, 'Seed of the image picks, noise and random starts.')
+flags.DEFINE_list('attack_parts', [], '--mode=attack: what to run (default: all of whitebox, '
+                  'blackbox, fooling, patch, transfer (with --target_workdir), membership, '
+                  'reconstruction).')
+flags.DEFINE_string('attack_norm', 'linf', '--mode=attack: threat model, linf or l2.')
+flags.DEFINE_list('attack_eps', [], '--mode=attack: radii in [0, 1] pixel units (default per '
+                  'dataset: L-inf 0.05,0.1,0.2 for gray images, 2/255,4/255,8/255 for colour).')
+flags.DEFINE_integer('attack_examples', 500, '--mode=attack: test examples (picked per class '
+                     'by --attack_seed).')
+flags.DEFINE_integer('attack_batch', 250, '--mode=attack: examples per compiled attack call.')
+flags.DEFINE_integer('attack_steps', 20, '--mode=attack: PGD steps.')
+flags.DEFINE_integer('attack_restarts', 1, '--mode=attack: PGD random restarts.')
+flags.DEFINE_string('attack_loss', 'ce', '--mode=attack: PGD/FGSM loss: ce, margin or dlr.')
+flags.DEFINE_integer('attack_apgd_steps', 100, '--mode=attack: APGD-CE and APGD-T iterations.')
+flags.DEFINE_integer('attack_apgd_targets', 3, '--mode=attack: APGD-T target classes '
+                     '(AutoAttack standard: 9; capped at classes - 1).')
+flags.DEFINE_integer('attack_square_queries', 1000, '--mode=attack: Square attack query budget.')
+flags.DEFINE_integer('attack_fooling_steps', 500, '--mode=attack: fooling-image ascent steps.')
+flags.DEFINE_integer('attack_patch_target', 0, '--mode=attack: adversarial patch target class.')
+flags.DEFINE_integer('attack_patch_size', 0, '--mode=attack: patch side (0 = ~10% of the area).')
+flags.DEFINE_integer('attack_patch_steps', 300, '--mode=attack: patch training steps.')
+flags.DEFINE_string('target_workdir', '', '--mode=attack: a second run (same input shape) to '
+                    'evaluate the PGD examples on: transfer rates.')
+flags.DEFINE_integer('membership_examples', 1000, '--mode=attack: training and as many test '
+                     'examples for membership inference.')
+flags.DEFINE_list('membership_reference_workdirs', [], '--mode=attack: runs trained on other '
+                  'examples (dataset.train_offset) for the calibrated membership attack.')
+flags.DEFINE_integer('attack_seed', 0, '--mode=attack: seed of the picks and random starts.')
+flags.DEFINE_integer('attack_step', None, '--mode=attack: checkpoint step (default: latest).')
 FLAGS = flags.FLAGS
 
 
@@ -72,3 +100,52 @@ def explain(config, workdir: str) -> None:
     print(f'explain: {what}: {why}')
   print(f'explain: {len(results.get("methods", []))} methods on {o.num_images} images; '
         f'outputs in {workdir}/explain/', flush=True)
+
+
+def attack(config, workdir: str) -> None:
+  """`--mode=attack`: white-box and black-box robustness, fooling images, a patch, transfer,
+  membership inference and reconstruction of a trained run, into `W/attack/`."""
+  from absl import logging
+  import util
+  from analysis import attack as attack_lib
+  from errors import UserError
+  if not workdir:
+    raise UserError('--workdir is required: the trained run to attack')
+  if config is not None:
+    logging.warning('--mode=attack uses the run\'s own config; --config is ignored')
+  o = attack_lib.Options(
+      parts=tuple(FLAGS.attack_parts) or attack_lib.PARTS, norm=FLAGS.attack_norm,
+      eps=tuple(util.parse_list('--attack_eps', ','.join(FLAGS.attack_eps), fraction,
+                                example='0.1,8/255'))
+      if FLAGS.attack_eps else (),
+      examples=FLAGS.attack_examples, batch=FLAGS.attack_batch, pgd_steps=FLAGS.attack_steps,
+      restarts=FLAGS.attack_restarts, loss=FLAGS.attack_loss,
+      apgd_steps=FLAGS.attack_apgd_steps, apgd_targets=FLAGS.attack_apgd_targets,
+      square_queries=FLAGS.attack_square_queries, fooling_steps=FLAGS.attack_fooling_steps,
+      patch_target=FLAGS.attack_patch_target, patch_size=FLAGS.attack_patch_size,
+      patch_steps=FLAGS.attack_patch_steps, target_workdir=FLAGS.target_workdir,
+      membership_examples=FLAGS.membership_examples,
+      references=tuple(FLAGS.membership_reference_workdirs), seed=FLAGS.attack_seed,
+      step=FLAGS.attack_step)
+  r = attack_lib.run_attack(workdir, o)
+  for row in r['attacks']:
+    print(f'attack: {row["attack"]:<20} eps {row["eps"]:.4g}  robust accuracy '
+          f'{100 * row["robust_accuracy"]:.2f}%')
+  for what, why in r['notes'].items():
+    print(f'attack: {what}: {why}')
+  for w in r['warnings']:
+    print(f'attack: WARNING: {w}')
+  if 'membership' in r:
+    m = r['membership']
+    print(f'attack: membership AUC {m["loss_threshold"]["auc"]:.3f} (loss threshold)' +
+          (f', {m["calibrated"]["auc"]:.3f} (calibrated)' if 'calibrated' in m else ''))
+  print(f'attack: clean accuracy {100 * r["clean_accuracy"]:.2f}% on {r["num_examples"]} '
+        f'examples; outputs in {workdir}/attack/', flush=True)
+
+
+def fraction(text: str) -> float:
+  """'0.1' or '8/255'."""
+  num, _, den = text.partition('/')
+  if den and float(den) == 0:
+    raise ValueError(text)
+  return float(num) / float(den) if den else float(num)

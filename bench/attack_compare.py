@@ -1,4 +1,4 @@
-"""FGSM and PGD side by side with torchattacks on the same trained SimpleNet, weights and test
+"""FGSM, PGD, APGD-CE, APGD-T and Square side by side with torchattacks on the same trained SimpleNet, weights and test
 images: adversarial examples per second, FGSM perturbations compared element by element, and
 robust accuracies (analysis/attack.py against torchattacks 3.5.1 on the bench's PyTorch copy).
 
@@ -32,6 +32,8 @@ def main() -> None:
   p.add_argument('--images', type=int, default=256)
   p.add_argument('--eps', type=float, default=2 / 255)
   p.add_argument('--steps', type=int, default=20)
+  p.add_argument('--apgd_steps', type=int, default=20)
+  p.add_argument('--square_queries', type=int, default=500)
   args = p.parse_args()
 
   import jax
@@ -44,10 +46,18 @@ def main() -> None:
   images = images.astype(np.float32)
   f = attack.logits01(explain.Net(run.model, run.preprocess), run.variables)
   x, y = jnp.asarray(images) / 255.0, jnp.asarray(labels)
-  fgsm = jax.jit(lambda x, y: attack.fgsm(f, x, y, args.eps))
-  pgd = jax.jit(lambda x, y: attack.pgd(f, x, y, args.eps, steps=args.steps))
+  fns = {
+      'fgsm': jax.jit(lambda x, y: attack.fgsm(f, x, y, args.eps)),
+      'pgd': jax.jit(lambda x, y: attack.pgd(f, x, y, args.eps, steps=args.steps)),
+      'apgd_ce': jax.jit(lambda x, y: attack.apgd(f, x, y, args.eps, steps=args.apgd_steps)[0]),
+      # torchattacks' APGDT runs 9 targets, capped at classes - 1 as ours is.
+      'apgd_t': jax.jit(lambda x, y: attack.apgd_targeted(f, x, y, args.eps,
+                                                          steps=args.apgd_steps)[0]),
+      'square': jax.jit(lambda x, y: attack.square_linf(f, x, y, args.eps,
+                                                        args.square_queries)[0]),
+  }
   ours = {}
-  for name, fn in (('fgsm', fgsm), ('pgd', pgd)):
+  for name, fn in fns.items():
     jax.block_until_ready(fn(x[:8], y[:8]))  # compile for the warm-up shape, like theirs
     jax.block_until_ready(fn(x, y))          # and for the timed one
     t = time.perf_counter()
@@ -56,7 +66,9 @@ def main() -> None:
   clean = attack.accuracy(f, x, y)
   with tempfile.TemporaryDirectory() as tmp:
     exported = export(run, images, labels, argparse.Namespace(ig_steps=0, repeats=0))
-    np.savez(os.path.join(tmp, 'export.npz'), eps=args.eps, steps=args.steps, **exported)
+    np.savez(os.path.join(tmp, 'export.npz'), eps=args.eps, steps=args.steps,
+             apgd_steps=args.apgd_steps, square_queries=args.square_queries,
+             **exported)
     proc = subprocess.run([args.torch_python, os.path.join(REPO, 'bench', 'torchattacks_attack.py'),
                            os.path.join(tmp, 'export.npz'), os.path.join(tmp, 'out.npz')],
                           capture_output=True, text=True, check=True)
@@ -73,14 +85,12 @@ def main() -> None:
       # whose gradient each framework hands to a different pixel of the window.
       'fgsm_same_sign_where_both_moved': float(np.mean(
           (np.sign(ours_delta) == np.sign(their_delta))[(ours_delta != 0) & (their_delta != 0)])),
-      'fgsm_accuracy': attack.accuracy(f, jnp.asarray(ours['fgsm']), y),
-      'torchattacks_fgsm_accuracy': float(np.mean(adv['fgsm_pred'] == labels_np)),
-      'pgd_accuracy': attack.accuracy(f, jnp.asarray(ours['pgd']), y),
-      'torchattacks_pgd_accuracy': float(np.mean(adv['pgd_pred'] == labels_np)),
-      'ours_pgd_examples_per_sec': len(images) / ours['pgd_seconds'],
-      'torchattacks_pgd_examples_per_sec': len(images) / theirs['pgd_seconds'],
-      'ours_fgsm_examples_per_sec': len(images) / ours['fgsm_seconds'],
-      'torchattacks_fgsm_examples_per_sec': len(images) / theirs['fgsm_seconds'],
+      **{k: v for name in fns for k, v in (
+          (f'{name}_accuracy', attack.accuracy(f, jnp.asarray(ours[name]), y)),
+          (f'torchattacks_{name}_accuracy', float(np.mean(adv[f'{name}_pred'] == labels_np))),
+          (f'ours_{name}_examples_per_sec', len(images) / ours[f'{name}_seconds']),
+          (f'torchattacks_{name}_examples_per_sec', len(images) / theirs[f'{name}_seconds']))},
+      'apgd_steps': args.apgd_steps, 'square_queries': args.square_queries,
       'torch': theirs['torch'], 'torchattacks': theirs['torchattacks'],
   }
   result['pgd_ratio'] = (result['ours_pgd_examples_per_sec'] /
@@ -92,9 +102,11 @@ def main() -> None:
         f"{run.convolutions.impl} convolutions")
   print('| attack | this project: accuracy, examples/s | torchattacks: accuracy, examples/s | ratio |')
   print('|---|---|---|---|')
-  for name in ('fgsm', 'pgd'):
+  for name in fns:
     r = result[f'ours_{name}_examples_per_sec'] / result[f'torchattacks_{name}_examples_per_sec']
-    print(f"| {name}{'-' + str(args.steps) if name == 'pgd' else ''} | "
+    budget = {'pgd': f'-{args.steps}', 'apgd_ce': f'-{args.apgd_steps}',
+              'apgd_t': f'-{args.apgd_steps}', 'square': f'-{args.square_queries}q'}
+    print(f"| {name}{budget.get(name, '')} | "
           f"{100 * result[f'{name}_accuracy']:.1f}%, {result[f'ours_{name}_examples_per_sec']:.0f} | "
           f"{100 * result[f'torchattacks_{name}_accuracy']:.1f}%, "
           f"{result[f'torchattacks_{name}_examples_per_sec']:.0f} | {r:.2f}x |")

@@ -1,4 +1,5 @@
-"""The PyTorch side of bench/attack_compare.py: torchattacks 3.5.1 FGSM and PGD on the bench's
+"""The PyTorch side of bench/attack_compare.py: torchattacks 3.5.1 FGSM, PGD, APGD-CE, APGD-T
+and Square on the bench's
 PyTorch copy of a run's SimpleNet (same weights, exported by that script), inputs in [0, 1].
 Prints one JSON line, writes the adversarial images.
 
@@ -36,10 +37,17 @@ def main(export_path: str, out_path: str) -> None:
   x = torch.from_numpy(export['images']).permute(0, 3, 1, 2).contiguous() / 255.0
   y = torch.from_numpy(export['labels']).long()
   eps, steps = float(export['eps']), int(export['steps'])
-  fgsm = torchattacks.FGSM(model, eps=eps)
-  pgd = torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True)
+  attacks = {
+      'fgsm': torchattacks.FGSM(model, eps=eps),
+      'pgd': torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps,
+                              random_start=True),
+      'apgd_ce': torchattacks.APGD(model, eps=eps, steps=int(export['apgd_steps']), loss='ce'),
+      'apgd_t': torchattacks.APGDT(model, eps=eps, steps=int(export['apgd_steps']),
+                                   n_classes=int(export['num_classes'])),
+      'square': torchattacks.Square(model, eps=eps, n_queries=int(export['square_queries'])),
+  }
   out, times = {}, {}
-  for name, attack in (('fgsm', fgsm), ('pgd', pgd)):
+  for name, attack in attacks.items():
     torch.manual_seed(0)
     attack(x[:8], y[:8])  # warm-up
     t = time.perf_counter()
@@ -50,8 +58,8 @@ def main(export_path: str, out_path: str) -> None:
       out[f'{name}_pred'] = model(adv).argmax(1).numpy()
   np.savez(out_path, **out)
   print(json.dumps({'torch': torch.__version__, 'torchattacks': torchattacks.__version__,
-                    'threads': torch.get_num_threads(), 'fgsm_seconds': times['fgsm'],
-                    'pgd_seconds': times['pgd']}))
+                    'threads': torch.get_num_threads(),
+                    **{f'{k}_seconds': v for k, v in times.items()}}))
 
 
 if __name__ == '__main__':

@@ -20,7 +20,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'source': 'auto',        # auto (TFDS if prepared, else local IDX files) | tfds | idx
       'data_dir': '',          # TFDS data dir ('' = TFDS default, ~/tensorflow_datasets)
       'idx_dir': '',           # IDX files dir ('' = the dataset's known location)
-      'train_size': 0,         # use the first N training examples (0 = all)
+      'train_size': 0,         # use N training examples (0 = all from train_offset on)
+      'train_offset': 0,       # skip the first N training examples (disjoint runs, shadow models)
       'test_size': 0,          # use the first N test examples (0 = all)
       'image_shape': '32,32,3',  # synthetic only: example shape (any rank: '128,4' is 1-D)
       'num_classes': 10,         # synthetic only
@@ -46,6 +47,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'milestones': '',        # multistep: epochs, e.g. '100,190,306'
       'gamma': 0.1,            # multistep factor
       'final_lr_fraction': 0.0,  # cosine / linear / onecycle end value, relative to the peak
+  })
+  # Adversarial training (analysis/attack.py's attacks, in [0, 1] pixel units as AutoAttack's
+  # eps): pgd = Madry et al. (train on PGD examples only), trades = Zhang et al. (clean loss +
+  # trades_beta * KL to the worst point in the ball). Robust accuracy under PGD-`eval_steps` at
+  # `eval_eps` (eps when 0 and training adversarially) on the first `eval_examples` test images
+  # is evaluated with each test evaluation: results.json `robust_accuracy`, TensorBoard
+  # test/robust_accuracy.
+  c.adversarial = ml_collections.ConfigDict({
+      'method': 'none',        # none | pgd | trades
+      'norm': 'linf',          # linf | l2
+      'eps': 0.1,
+      'steps': 7,
+      'step_size': 0.0,        # 0 = 2.5 eps / steps
+      'trades_beta': 6.0,
+      'eval_eps': 0.0,         # > 0: robust evaluation also for standard training
+      'eval_steps': 20,
+      'eval_examples': 1000,
   })
   c.label_smoothing = 0.1
   c.ema_decay = 0.0            # > 0: evaluate an exponential moving average of the weights

@@ -73,6 +73,11 @@ class Preprocess:
     std = jnp.asarray(np.asarray(self.std, np.float32))
     return (x.astype(jnp.float32) - mean) / std
 
+  def to_pixels(self, x: jax.Array) -> jax.Array:
+    """The inverse: normalized inputs back to float pixels in [0, 255]."""
+    return x * jnp.asarray(np.asarray(self.std, np.float32)) + jnp.asarray(
+        np.asarray(self.mean, np.float32))
+
   @classmethod
   def from_images(cls, images: np.ndarray) -> 'Preprocess':
     """Per-channel statistics of uint8 training images (std at least 1, as for constant data)."""

@@ -57,9 +57,9 @@ class Split:
 def info(ds_cfg) -> DatasetInfo:
   """The dataset's example shape and class count (synthetic: from the config); also checks
   the dataset settings that need no data."""
-  for key in ('train_size', 'test_size'):
+  for key in ('train_size', 'test_size', 'train_offset'):
     if ds_cfg[key] < 0:
-      raise UserError(f'dataset.{key} must be >= 0 (0 = all examples), got {ds_cfg[key]}')
+      raise UserError(f'dataset.{key} must be >= 0, got {ds_cfg[key]}')
   if ds_cfg.synthetic_size <= 0:
     raise UserError(f'dataset.synthetic_size must be positive, got {ds_cfg.synthetic_size}')
   name = ds_cfg.name
@@ -188,8 +188,13 @@ def load_split(ds_cfg, split: str) -> Split:
     out = _synthetic(d, n, 0) if split == 'train' else _synthetic(d, max(1, n // 4), 1)
   else:
     out = (_load_idx if source == 'idx' else _load_tfds)(ds_cfg, d, split)
+  start = int(ds_cfg.get('train_offset', 0)) if split == 'train' else 0
   size = ds_cfg.train_size if split == 'train' else ds_cfg.test_size
-  return Split(out.images[:size], out.labels[:size]) if size else out
+  if start >= len(out.labels):
+    raise UserError(f'dataset.train_offset {start} leaves none of the {len(out.labels)} '
+                    'training examples; use a smaller offset')
+  end = start + size if size else len(out.labels)
+  return Split(out.images[start:end], out.labels[start:end]) if start or size else out
 
 
 def load(ds_cfg) -> tuple[Split, Split, DatasetInfo]:
@@ -203,4 +208,5 @@ def identity(ds_cfg, d: DatasetInfo, num_train: int, num_test: int) -> dict:
   return {'name': d.name, 'shape': list(d.shape), 'num_classes': d.num_classes,
           'source': resolve_source(ds_cfg), 'test_split': d.test_split,
           'num_train': num_train, 'num_test': num_test,
-          'train_size': int(ds_cfg.train_size), 'test_size': int(ds_cfg.test_size)}
+          'train_size': int(ds_cfg.train_size), 'test_size': int(ds_cfg.test_size),
+          'train_offset': int(ds_cfg.get('train_offset', 0))}

@@ -28,7 +28,11 @@ from kernels import convolutions as convolutions_lib
 # behaviour: a run whose config.json lacks one loads and resumes as if it had that value.
 ADDED_KEYS = {'augment.cutout': 0, 'ema_decay': 0.0, 'eval_flip_tta': False,
               'optimizer.weight_decay_on': 'all', 'optimizer.grad_clip_norm': 0.0,
-              'conv_impl': 'xla', 'conv_algorithm': 'auto'}
+              'conv_impl': 'xla', 'conv_algorithm': 'auto', 'dataset.train_offset': 0,
+              'adversarial.method': 'none', 'adversarial.norm': 'linf', 'adversarial.eps': 0.1,
+              'adversarial.steps': 7, 'adversarial.step_size': 0.0,
+              'adversarial.trades_beta': 6.0, 'adversarial.eval_eps': 0.0,
+              'adversarial.eval_steps': 20, 'adversarial.eval_examples': 1000}
 
 
 def checkpoint_dir(workdir: str) -> str:

@@ -70,6 +70,7 @@ def validate(config: ml_collections.ConfigDict, workdir: str,
   if not 0.0 <= config.label_smoothing < 1.0:
     raise UserError(f'label_smoothing must be in [0, 1), got {config.label_smoothing}')
   augment.check(config.augment)
+  check_adversarial(config.adversarial)
   n_dev = jax.device_count()
   if config.batch_size % n_dev:
     raise UserError(f'batch_size {config.batch_size} is not divisible by the {n_dev} devices; '
@@ -84,6 +85,20 @@ def validate(config: ml_collections.ConfigDict, workdir: str,
   if need_data:
     check_resumable(config, workdir)
   return info
+
+
+def check_adversarial(adv) -> None:
+  from analysis import attack
+  if adv.method not in steps.ADVERSARIAL:
+    raise UserError(f'unknown adversarial.method {adv.method!r}; use '
+                    f'{" | ".join(steps.ADVERSARIAL)}')
+  if adv.method != 'none' and adv.eps <= 0:
+    raise UserError(f'adversarial.eps must be positive for {adv.method} training, got {adv.eps}')
+  attack.check(adv.eps, adv.norm, steps=adv.steps)
+  attack.check(adv.eval_eps, adv.norm, steps=adv.eval_steps)
+  if adv.step_size < 0 or adv.trades_beta < 0 or adv.eval_examples < 1:
+    raise UserError('adversarial.step_size and trades_beta must be >= 0 and eval_examples '
+                    f'positive, got {adv.step_size}, {adv.trades_beta}, {adv.eval_examples}')
 
 
 def _flat(d: dict, prefix: str = '') -> dict:
@@ -129,6 +144,8 @@ class Experiment:
   step_key: jax.Array
   train_step: Any
   eval_step: Any
+  robust_source: Any  # the robust evaluation (None when off)
+  robust_step: Any
   steps_per_epoch: int
   total_steps: int
   num_params: int
@@ -165,10 +182,18 @@ def setup(config, train: datasets.Split, test: datasets.Split | None, info: data
                                      convs.compiler_options())
   eval_source, eval_step = (evaluator(config, test, model, preprocess, mesh, convs) if test
                             else (None, None))
+  robust_source = robust_step = None
+  if test and steps.robust_eps(config.adversarial):
+    n = config.adversarial.eval_examples
+    subset = datasets.Split(test.images[:n], test.labels[:n])
+    robust_source = sources.InMemoryEval(subset, config.eval_batch_size, mesh)
+    robust_step = steps.make_robust_eval_step(model, robust_source, preprocess, mesh,
+                                              config.adversarial, convs.compiler_options())
   return Experiment(config=config, info=info, mesh=mesh, model=model, tx=tx,
                     train_source=train_source, eval_source=eval_source, preprocess=preprocess,
                     convolutions=convs, state=state, step_key=step_key, train_step=train_step,
-                    eval_step=eval_step, steps_per_epoch=spe, total_steps=total,
+                    eval_step=eval_step, robust_source=robust_source,
+                    robust_step=robust_step, steps_per_epoch=spe, total_steps=total,
                     num_params=summary.count_params(state.params))
 
 
@@ -277,15 +302,21 @@ def evaluate_now(run: _Run, step: int) -> dict[str, float]:
   run.check_finite()
   ev = steps.evaluate(exp.eval_step, exp.state.inference_variables(), exp.eval_source)
   epoch = step / exp.steps_per_epoch
-  run.meta['history'].append({'step': step, 'epoch': round(epoch, 3),
-                              'test_accuracy': ev['accuracy'], 'test_loss': ev['loss'],
-                              'train_loss': run.last_train.get('loss'),
-                              'train_accuracy': run.last_train.get('accuracy'),
-                              'time_s': round(run.elapsed(), 1)})
+  entry = {'step': step, 'epoch': round(epoch, 3), 'test_accuracy': ev['accuracy'],
+           'test_loss': ev['loss'], 'train_loss': run.last_train.get('loss'),
+           'train_accuracy': run.last_train.get('accuracy'), 'time_s': round(run.elapsed(), 1)}
+  scalars = {'test/loss': ev['loss'], 'test/accuracy': ev['accuracy']}
+  robust = ''
+  if exp.robust_step:
+    rv = steps.evaluate(exp.robust_step, exp.state.inference_variables(), exp.robust_source)
+    entry['test_robust_accuracy'] = rv['accuracy']
+    scalars['test/robust_accuracy'] = rv['accuracy']
+    robust = f'  robust acc {100 * rv["accuracy"]:.2f}% (PGD, first {exp.robust_source.num_examples})'
+  run.meta['history'].append(entry)
   if run.writer:
-    logging.info('eval  epoch %.2f  test loss %.4f  test acc %.2f%%', epoch, ev['loss'],
-                 100 * ev['accuracy'])
-    run.writer.write_scalars(step, {'test/loss': ev['loss'], 'test/accuracy': ev['accuracy']})
+    logging.info('eval  epoch %.2f  test loss %.4f  test acc %.2f%%%s', epoch, ev['loss'],
+                 100 * ev['accuracy'], robust)
+    run.writer.write_scalars(step, scalars)
     run.writer.flush()
   return ev
 
@@ -315,10 +346,22 @@ def results_dict(run: _Run) -> dict:
       'preprocess': meta['run']['preprocess'],
       'dataset': meta['run']['dataset'],
       'evaluated_ema': bool(exp.config.ema_decay),
+      'robust_accuracy': history[-1].get('test_robust_accuracy') if history else None,
+      'robust_eval': robust_eval(exp),
       'history': history,
       'train_log': meta['train_log'],  # [step, mean loss, accuracy] over each log interval
       'config': json.loads(exp.config.to_json()),
   }
+
+
+def robust_eval(exp: Experiment) -> dict | None:
+  """How `robust_accuracy` was measured (None when the run has no robust evaluation)."""
+  if not exp.robust_step:
+    return None
+  adv = exp.config.adversarial
+  return {'attack': 'pgd', 'norm': adv.norm, 'eps': steps.robust_eps(adv),
+          'steps': adv.eval_steps, 'restarts': 1, 'num_examples': exp.robust_source.num_examples,
+          'trained_with': adv.method}
 
 
 def plot_curves(results: dict, path: str) -> None:

@@ -19,10 +19,24 @@ import numpy as np
 import optax
 from clu import metrics as clu_metrics
 
+from analysis import attack
 from data import augment as augment_lib
 from train import distributed
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+ADVERSARIAL = ('none', 'pgd', 'trades')
+
+
+def robust_eps(adv) -> float:
+  """The eps of the robust evaluation: `eval_eps`, else the training eps when training
+  adversarially, else 0 (off)."""
+  return adv.eval_eps or (adv.eps if adv.method != 'none' else 0.0)
+
+
+def pixel_logits(model, variables, preprocess: augment_lib.Preprocess):
+  """x in [0, 1] -> inference logits: the function the attacks see (eval mode, so an attack
+  moves no batch statistics and its gradient does not couple the examples of a batch)."""
+  return lambda x: model.apply(variables, preprocess(x * 255.0), train=False)
 
 
 @flax.struct.dataclass
@@ -84,19 +98,44 @@ def make_train_step(model, tx, config, source, preprocess: augment_lib.Preproces
   share one compiled (and persistently cached) executable."""
   rep = distributed.replicated(mesh)
   ops = augment_lib.pipeline(config.augment)
+  adv = config.adversarial
+  step_size = attack.pgd_step_size(adv.eps, adv.steps, adv.step_size)
 
   def step(state: TrainState, metrics: Metrics, inputs, key_data):
     key = jax.random.fold_in(jax.random.wrap_key_data(key_data), state.step)
     k_aug, k_drop = jax.random.split(key)
     images, y = source.batch(inputs, state.step)
     x = augment_lib.apply(ops, k_aug, images, preprocess)
+    x_adv = None
+    if adv.method != 'none':
+      # The attack sees the augmented image in [0, 1] and the current weights in eval mode.
+      f = pixel_logits(model, {'params': state.params, 'batch_stats': state.batch_stats},
+                       preprocess)
+      x01 = jnp.clip(preprocess.to_pixels(x) / 255.0, 0.0, 1.0)
+      k_adv = jax.random.fold_in(key, 1)
+      if adv.method == 'pgd':
+        x01 = attack.pgd_once(f, x01, y, adv.eps, adv.norm, adv.steps, step_size, k_adv)
+      else:
+        x01 = attack.trades_inputs(f, x01, adv.eps, adv.norm, adv.steps, step_size, k_adv)
+      x_adv = jax.lax.stop_gradient(preprocess(x01 * 255.0))
+
+    def forward(params, batch_stats, inputs):
+      logits, new_vars = model.apply({'params': params, 'batch_stats': batch_stats}, inputs,
+                                     train=True, mutable=['batch_stats'], rngs={'dropout': k_drop})
+      return logits, new_vars.get('batch_stats', {})
 
     def loss_fn(params):
-      logits, new_vars = model.apply({'params': params, 'batch_stats': state.batch_stats}, x,
-                                     train=True, mutable=['batch_stats'], rngs={'dropout': k_drop})
+      # pgd trains on the adversarial batch only (Madry et al.); trades on the clean batch plus
+      # beta * KL(clean || adversarial), the two forward passes updating the statistics in turn.
+      logits, batch_stats = forward(params, state.batch_stats,
+                                    x_adv if adv.method == 'pgd' else x)
       targets = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1]), config.label_smoothing)
       loss = optax.softmax_cross_entropy(logits, targets).mean()
-      return loss, (logits, new_vars.get('batch_stats', {}))
+      if adv.method == 'trades':
+        adv_logits, batch_stats = forward(params, batch_stats, x_adv)
+        loss = loss + adv.trades_beta * attack.kl_divergence(
+            jax.nn.softmax(logits), adv_logits).mean()
+      return loss, (logits, batch_stats)
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -133,6 +172,28 @@ def make_eval_step(model, source, preprocess: augment_lib.Preprocess, mesh,
     logits = model.apply(variables, x, train=False)
     if flip_tta:  # average the predictions of the image and its mirror
       logits = (logits + model.apply(variables, jnp.flip(x, axis=-2), train=False)) / 2
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    return Metrics.single_from_model_output(loss=loss, logits=logits, labels=y, mask=mask)
+
+  return jax.jit(step, out_shardings=rep, compiler_options=compiler_options)
+
+
+def make_robust_eval_step(model, source, preprocess: augment_lib.Preprocess, mesh, adv,
+                          compiler_options: dict | None = None):
+  """The jitted `(variables, inputs) -> Metrics` on PGD examples (eps `robust_eps(adv)`,
+  `adv.eval_steps` steps, one random start from a fixed key, so every evaluation of a run
+  attacks alike)."""
+  rep = distributed.replicated(mesh)
+  eps = robust_eps(adv)
+  step_size = attack.pgd_step_size(eps, adv.eval_steps, 0.0)
+
+  def step(variables, inputs):
+    images, y, mask = source.batch(inputs)
+    f = pixel_logits(model, variables, preprocess)
+    x = images.astype(jnp.float32) / 255.0
+    x_adv = attack.pgd_once(f, x, y, eps, adv.norm, adv.eval_steps, step_size,
+                            jax.random.key(0))
+    logits = f(x_adv)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     return Metrics.single_from_model_output(loss=loss, logits=logits, labels=y, mask=mask)
 
