@@ -524,7 +524,10 @@ def check_options(o: Options, workdir: str) -> None:
     raise UserError(f'--attack_patch_size must be >= 0 and smaller than the image side '
                     f'{min(info.shape[:2])}, got {o.patch_size}')
   if o.target_workdir:
-    other = datasets.info(checkpoints.load_config(o.target_workdir).dataset)
+    try:
+      other = datasets.info(checkpoints.load_config(o.target_workdir).dataset)
+    except UserError as e:
+      raise UserError(f'--target_workdir: {e}') from None
     if tuple(other.shape) != tuple(info.shape) or other.num_classes != info.num_classes:
       raise UserError(f'--target_workdir {o.target_workdir} takes {"x".join(map(str, other.shape))}'
                       f' inputs with {other.num_classes} classes, the attacked run '
@@ -532,7 +535,10 @@ def check_options(o: Options, workdir: str) -> None:
                       'the same input shape and classes')
   if o.references:
     from analysis import privacy
-    privacy.check_references(workdir, o.references)
+    try:
+      privacy.check_references(workdir, o.references)
+    except UserError as e:
+      raise UserError(f'--membership_reference_workdirs: {e}') from None
 
 
 def _batched(fn, arrays, batch: int, key=None):

@@ -71,7 +71,9 @@ def main() -> None:
              **exported)
     proc = subprocess.run([args.torch_python, os.path.join(REPO, 'bench', 'torchattacks_attack.py'),
                            os.path.join(tmp, 'export.npz'), os.path.join(tmp, 'out.npz')],
-                          capture_output=True, text=True, check=True)
+                          capture_output=True, text=True)
+    if proc.returncode:
+      sys.exit(f'the torchattacks side failed:\n{proc.stderr[-3000:]}')
     theirs = json.loads(proc.stdout.strip().splitlines()[-1])
     adv = dict(np.load(os.path.join(tmp, 'out.npz')))
   labels_np = np.asarray(labels)

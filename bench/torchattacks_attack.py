@@ -53,6 +53,7 @@ def main(export_path: str, out_path: str) -> None:
     t = time.perf_counter()
     adv = attack(x, y)
     times[name] = time.perf_counter() - t
+    adv = adv.detach()
     out[name] = adv.permute(0, 2, 3, 1).numpy()
     with torch.no_grad():
       out[f'{name}_pred'] = model(adv).argmax(1).numpy()

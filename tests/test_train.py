@@ -206,6 +206,11 @@ def _bad(tmp_path, *args, devices=1):
     (['--config=configs/nonexistent.py'], 'cannot read the config file'),
     (['--config.dataset.train_size=-5'], 'dataset.train_size must be >= 0'),
     (['--config.dataset.test_size=-1'], 'dataset.test_size must be >= 0'),
+    (['--config.dataset.train_offset=-1'], 'dataset.train_offset must be >= 0'),
+    (['--config.dataset.train_offset=9999'], 'leaves none of the 256 training examples'),
+    (['--config.adversarial.method=fgsm'], 'unknown adversarial.method'),
+    (['--config.adversarial.method=pgd', '--config.adversarial.eps=0'], 'must be positive'),
+    (['--config.adversarial.norm=l1'], 'unknown norm'),
     (['--config.model.widths=8,8,8', '--config.model.name=lenet5'], 'does not use the knob'),
 ])
 def test_bad_input_fails_fast_with_one_line(tmp_path, args, expected):
@@ -257,3 +262,17 @@ def test_other_experiment_in_workdir_is_refused_and_kept(workdir):
   run_main([f'--workdir={workdir}', *overrides()])
   proc, errs = _bad(None, f'--workdir={workdir}', *overrides(**{'augment.cutout': 4}))
   assert proc.returncode == 2 and 'augment.cutout' in errs[0]
+
+
+def test_train_offset_takes_a_disjoint_slice():
+  from configs import default
+  from data import datasets
+  c = default.get_config().dataset
+  c.name, c.image_shape, c.synthetic_size = 'synthetic', '8,8,1', 64
+  full = datasets.load_split(c, 'train')
+  c.train_offset, c.train_size = 16, 20
+  part = datasets.load_split(c, 'train')
+  np.testing.assert_array_equal(part.images, full.images[16:36])
+  c.train_size = 0
+  np.testing.assert_array_equal(datasets.load_split(c, 'train').labels, full.labels[16:])
+  assert datasets.identity(c, datasets.info(c), 48, 16)['train_offset'] == 16
