@@ -202,7 +202,7 @@ def test_attack_mode_writes_every_number_and_figure(small_trained_net, standard_
   r = json.load(open(os.path.join(out, 'results.json')))
   assert r['num_examples'] == 40 and 0 < r['clean_accuracy'] <= 1
   assert r['eps'] == pytest.approx([4 / 255, 0.1])
-  names = {'fgsm', 'pgd', 'apgd_ce', 'apgd_t', 'worst_case_whitebox', 'square'}
+  names = {'fgsm', 'pgd', 'apgd_ce', 'apgd_t', 'worst_case_whitebox', 'square', 'worst_case'}
   for eps in r['eps']:
     rows = {row['attack']: row for row in r['attacks'] if row['eps'] == eps}
     assert set(rows) == names
@@ -213,6 +213,8 @@ def test_attack_mode_writes_every_number_and_figure(small_trained_net, standard_
         rows[a]['robust_accuracy'] for a in ('fgsm', 'pgd', 'apgd_t'))
     assert rows['apgd_t']['robust_accuracy'] <= rows['apgd_ce']['robust_accuracy']
     assert 1 <= rows['square']['queries'] <= 40 and rows['square']['query_budget'] == 40
+    assert rows['worst_case']['robust_accuracy'] <= min(
+        rows['worst_case_whitebox']['robust_accuracy'], rows['square']['robust_accuracy'])
   assert 0 <= r['transfer']['by_eps'][0]['transfer_rate'] <= 1
   assert r['fooling']['starts']['uniform_noise']['fraction_reached'] >= 0
   assert 0 <= r['patch']['success_rate'] <= 1 and r['patch']['side'] == 5
