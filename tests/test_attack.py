@@ -157,7 +157,7 @@ ROBUST = ['--config.dataset.name=synthetic', '--config.dataset.image_shape=16,16
 @pytest.fixture(scope='module')
 def standard_and_robust(tmp_path_factory):
   root = tmp_path_factory.mktemp('adversarial')
-  runs = {m: str(root / m) for m in ('none', 'pgd')}
+  runs = {m: str(root / m) for m in ('none', 'pgd', 'trades')}
   for method, w in runs.items():
     run_main([f'--workdir={w}', *ROBUST, f'--config.adversarial.method={method}'])
   return runs
@@ -172,7 +172,8 @@ def test_adversarial_training_raises_robust_accuracy(standard_and_robust):
     assert r['robust_accuracy'] == r['history'][-1]['test_robust_accuracy']
     assert os.listdir(os.path.join(standard_and_robust['none'], 'tensorboard'))
   assert res['none']['test_accuracy'] >= 0.9 and res['none']['robust_accuracy'] <= 0.2
-  assert res['pgd']['robust_accuracy'] >= res['none']['robust_accuracy'] + 0.5, res['pgd']
+  for method in ('pgd', 'trades'):
+    assert res[method]['robust_accuracy'] >= res['none']['robust_accuracy'] + 0.5, res[method]
 
 
 def test_fooling_images_reach_99_percent_confidence(standard_and_robust):
