@@ -13,6 +13,7 @@ returns adversarial images inside the eps-ball and inside [0, 1].
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from typing import Callable
@@ -605,7 +606,9 @@ def run_attack(workdir: str, o: Options) -> dict:
   n = len(y)
   batch = min(o.batch, n)
   key = jax.random.key(o.seed)
+  logits_jit = jax.jit(f)
   predict = jax.jit(lambda xa: jnp.argmax(f(xa), -1))
+  train_split = functools.cache(lambda: datasets.load_split(run.config.dataset, 'train'))
   pred = lambda xa: _batched(predict, [xa], batch)
   clean_ok = pred(x) == y
   notes: dict[str, str] = {}
@@ -656,7 +659,7 @@ def run_attack(workdir: str, o: Options) -> dict:
                                                       targets=c, key=k))
       queries = 0
       if len(left):
-        clean_logits = _batched(jax.jit(f), [x[left]], batch)
+        clean_logits = _batched(logits_jit, [x[left]], batch)
         targets = np.asarray(apgd_target_classes(jnp.asarray(clean_logits), o.apgd_targets))
         for tc in targets:
           still = left[pred(xa_t[left]) == y[left]]
@@ -788,7 +791,7 @@ def run_attack(workdir: str, o: Options) -> dict:
     else:
       t_part = time.time()
       side = o.patch_size or max(2, int(round(math.sqrt(0.1 * shape[0] * shape[1]))))
-      train = datasets.load_split(run.config.dataset, 'train')
+      train = train_split()
       pool, _, _ = common.pick_examples(train.images, train.labels, 2000, o.seed)
       patch = train_patch(f, jnp.asarray(pool, jnp.float32) / 255.0, o.patch_target, side,
                           o.patch_steps, key=jax.random.fold_in(key, 11))
@@ -819,7 +822,7 @@ def run_attack(workdir: str, o: Options) -> dict:
   if 'membership' in o.parts:
     t_part = time.time()
     refs = [checkpoints.load_run(r) for r in o.references]
-    m, scores = privacy.membership(run, o.membership_examples, o.seed, refs)
+    m, scores = privacy.membership(run, o.membership_examples, o.seed, refs, train_split())
     if not refs:
       notes['membership'] = ('calibrated attack skipped: pass reference runs trained on other '
                              'examples with --membership_reference_workdirs')

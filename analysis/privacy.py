@@ -97,7 +97,7 @@ def check_references(target_workdir: str, reference_workdirs) -> None:
                       '(--config.dataset.train_offset)')
 
 
-def membership(run, n: int, seed: int = 0, references=()) -> tuple[dict, dict]:
+def membership(run, n: int, seed: int = 0, references=(), train=None) -> tuple[dict, dict]:
   """Both attacks on `n` training examples of `run` against `n` of its test examples, picked by
   `seed`; `references` are loaded runs (load_run) disjoint from the target's training data.
   Returns (results, scores for the ROC plot)."""
