@@ -16,6 +16,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from analysis import modes as analysis_modes  # noqa: E402
+from compress import modes as compress_modes  # noqa: E402
 from errors import UserError  # noqa: E402
 from sweeps import modes as sweep_modes  # noqa: E402
 from train import modes as train_modes  # noqa: E402
@@ -28,6 +29,7 @@ MODES = {
     'summary': (analysis_modes.summary, True, False),
     'explain': (analysis_modes.explain, False, True),
     'attack': (analysis_modes.attack, False, True),
+    'compress': (compress_modes.compress, False, True),
     'sweep': (sweep_modes.sweep, True, False),
     'report': (sweep_modes.report, False, False),
 }

@@ -65,6 +65,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'eval_steps': 20,
       'eval_examples': 1000,
   })
+  # Knowledge distillation (compress/distill.py): train this config as the student of a trained
+  # run; loss = weight * T^2 * KL(teacher_T || student_T) + (1 - weight) * cross-entropy.
+  c.distill = ml_collections.ConfigDict({
+      'teacher': '',           # the teacher's workdir ('' = off)
+      'temperature': 4.0,
+      'weight': 0.9,           # of the soft-target term
+  })
+  # int8 quantization-aware training through qwix (fake-quantized weights and activations,
+  # straight-through gradients); --mode=compress's int8 stage then converts the run.
+  c.int8_qat = False
   c.label_smoothing = 0.1
   c.ema_decay = 0.0            # > 0: evaluate an exponential moving average of the weights
   c.eval_flip_tta = False      # evaluate on each test image and its mirror, averaged

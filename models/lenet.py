@@ -57,3 +57,39 @@ def build(knobs: dict, num_classes: int, dtype: Any) -> LeNet5:
 
 
 register('lenet5', build)
+
+
+class LeNet5Caffe(nn.Module):
+  """Caffe's LeNet (examples/mnist/lenet.prototxt), the "LeNet-5" of Han et al.'s Deep
+  Compression tables (431K parameters, 1720 KB): conv 20@5x5 -> max pool -> conv 50@5x5 -> max
+  pool -> fc 500 + ReLU -> fc, no nonlinearity after the convs. 431,080 parameters on 28x28x1
+  inputs; like LeNet-5, smaller inputs are padded to 28 and larger ones globally pooled."""
+  k: layers.Knobs
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    k = self.k
+    x = x.astype(k.dtype)
+    pads = [((28 - n) // 2, 28 - n - (28 - n) // 2) if n < 28 else (0, 0) for n in x.shape[1:-1]]
+    x = jnp.pad(x, [(0, 0), *pads, (0, 0)])
+    for width in (20, 50):
+      x = k.conv(k.width(width), kernel=k.kernel(5), padding='VALID', act='')(x, train)
+      x = k.downsample(x, train)
+    if any(n > 4 for n in x.shape[1:-1]):  # inputs larger than 28: pool to the 4x4 of 28x28
+      x = layers.global_pool(x, k.global_pool)
+    x = x.reshape(x.shape[0], -1)
+    x = layers.activation(k.act)(k.dense(k.width(500))(x))
+    x = nn.Dropout(k.dropout, deterministic=not train)(x)
+    return k.dense(self.num_classes)(x).astype(jnp.float32)
+
+
+def build_caffe(knobs: dict, num_classes: int, dtype: Any) -> LeNet5Caffe:
+  """Registry builder (Caffe's: ReLU in the fc layer only, max pooling, no normalization,
+  Xavier init, conv bias)."""
+  k = layers.resolve_knobs(knobs, dtype, norm='none', act='relu', init='xavier', pool='max',
+                           global_pool='avg', one_by_one=('default',))
+  return LeNet5Caffe(k=k, num_classes=num_classes)
+
+
+register('lenet5_caffe', build_caffe)

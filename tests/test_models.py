@@ -46,6 +46,7 @@ def n_params(name: str, shape=CIFAR[0], num_classes: int = 10, **knobs) -> int:
 # prints).
 EXACT = {
     'lenet5': ((32, 32, 1), 10, 61_706),
+    'lenet5_caffe': ((28, 28, 1), 10, 431_080),  # Han et al.'s LeNet-5: 1720 KB
     'alexnet': (*IMAGENET, 61_100_840),
     'vgg11': (*IMAGENET, 132_863_336),
     'vgg16': (*IMAGENET, 138_357_544),

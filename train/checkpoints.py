@@ -32,7 +32,9 @@ ADDED_KEYS = {'augment.cutout': 0, 'ema_decay': 0.0, 'eval_flip_tta': False,
               'adversarial.method': 'none', 'adversarial.norm': 'linf', 'adversarial.eps': 0.1,
               'adversarial.steps': 7, 'adversarial.step_size': 0.0,
               'adversarial.trades_beta': 6.0, 'adversarial.eval_eps': 0.0,
-              'adversarial.eval_steps': 20, 'adversarial.eval_examples': 1000}
+              'adversarial.eval_steps': 20, 'adversarial.eval_examples': 1000,
+              'distill.teacher': '', 'distill.temperature': 4.0, 'distill.weight': 0.9,
+              'int8_qat': False}
 
 
 def checkpoint_dir(workdir: str) -> str:

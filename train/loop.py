@@ -71,6 +71,8 @@ def validate(config: ml_collections.ConfigDict, workdir: str,
     raise UserError(f'label_smoothing must be in [0, 1), got {config.label_smoothing}')
   augment.check(config.augment)
   check_adversarial(config.adversarial)
+  from compress import distill
+  distill.check(config.distill)
   n_dev = jax.device_count()
   if config.batch_size % n_dev:
     raise UserError(f'batch_size {config.batch_size} is not divisible by the {n_dev} devices; '
@@ -146,6 +148,8 @@ class Experiment:
   eval_step: Any
   robust_source: Any  # the robust evaluation (None when off)
   robust_step: Any
+  step_args: tuple  # extra arguments of every train step: (teacher variables,) when distilling
+  teacher: Any      # compress.distill.Teacher or None
   steps_per_epoch: int
   total_steps: int
   num_params: int
@@ -161,8 +165,14 @@ def evaluator(config, test: datasets.Split, model, preprocess: augment.Preproces
 
 
 def setup(config, train: datasets.Split, test: datasets.Split | None, info: datasets.DatasetInfo,
-          preprocess: augment.Preprocess, total_steps: int | None = None) -> Experiment:
-  """Mesh, data sources, model, optimizer, initial state and the jitted steps of a run."""
+          preprocess: augment.Preprocess, total_steps: int | None = None,
+          wrap_tx=None, init_variables: dict | None = None) -> Experiment:
+  """Mesh, data sources, model, optimizer, initial state and the jitted steps of a run.
+
+  `wrap_tx(tx)` replaces the run's optimizer by a wrapper of it (compress/: pruning masks,
+  shared weights); `init_variables` starts from given weights instead of the initializers."""
+  from compress import distill
+  teacher = distill.load_teacher(config.distill, info.shape, info.num_classes)
   mesh = distributed.mesh()
   rep = distributed.replicated(mesh)
   batch = config.batch_size
@@ -173,13 +183,20 @@ def setup(config, train: datasets.Split, test: datasets.Split | None, info: data
   spe = train_source.steps_per_epoch
   total = total_steps or config.num_train_steps or config.num_epochs * spe
   convs = convolutions_lib.select(config.conv_impl, config.conv_algorithm)
-  model = models.create(config.model, info.num_classes, steps.DTYPES[config.dtype],
-                        convolutions=convs)
+  if config.int8_qat:
+    from compress import int8
+    model = int8.qat_model(models.create(config.model, info.num_classes,
+                                         steps.DTYPES[config.dtype]))
+  else:
+    model = models.create(config.model, info.num_classes, steps.DTYPES[config.dtype],
+                          convolutions=convs)
   tx = optim.create(config, spe, total)
+  if wrap_tx is not None:
+    tx = wrap_tx(tx)
   state = steps.create_train_state(model, tx, info.shape, init_key, rep,
-                                   ema=config.ema_decay > 0)
+                                   ema=config.ema_decay > 0, variables=init_variables)
   train_step = steps.make_train_step(model, tx, config, train_source, preprocess, mesh,
-                                     convs.compiler_options())
+                                     convs.compiler_options(), teacher=teacher)
   eval_source, eval_step = (evaluator(config, test, model, preprocess, mesh, convs) if test
                             else (None, None))
   robust_source = robust_step = None
@@ -193,7 +210,9 @@ def setup(config, train: datasets.Split, test: datasets.Split | None, info: data
                     train_source=train_source, eval_source=eval_source, preprocess=preprocess,
                     convolutions=convs, state=state, step_key=step_key, train_step=train_step,
                     eval_step=eval_step, robust_source=robust_source,
-                    robust_step=robust_step, steps_per_epoch=spe, total_steps=total,
+                    robust_step=robust_step, teacher=teacher,
+                    step_args=(distributed.replicate_tree(teacher.variables, mesh),)
+                    if teacher else (), steps_per_epoch=spe, total_steps=total,
                     num_params=summary.count_params(state.params))
 
 
@@ -276,7 +295,7 @@ def train_epoch(run: _Run, step: int) -> int:
   t_mark, images = time.time(), 0
   while step < epoch_end:
     exp.state, metrics = exp.train_step(exp.state, metrics, exp.train_source.step_inputs(step),
-                                        exp.step_key)
+                                        exp.step_key, *exp.step_args)
     step += 1
     if run.first:  # time the compilation separately from steady-state throughput
       jax.block_until_ready(exp.state)
@@ -348,6 +367,11 @@ def results_dict(run: _Run) -> dict:
       'evaluated_ema': bool(exp.config.ema_decay),
       'robust_accuracy': history[-1].get('test_robust_accuracy') if history else None,
       'robust_eval': robust_eval(exp),
+      'distill': {'teacher': exp.teacher.workdir, 'teacher_step': exp.teacher.step,
+                  'teacher_params': exp.teacher.num_params,
+                  'temperature': exp.config.distill.temperature,
+                  'weight': exp.config.distill.weight} if exp.teacher else None,
+      'int8_qat': bool(exp.config.int8_qat),
       'history': history,
       'train_log': meta['train_log'],  # [step, mean loss, accuracy] over each log interval
       'config': json.loads(exp.config.to_json()),
@@ -385,9 +409,11 @@ def plot_curves(results: dict, path: str) -> None:
   plt.close(fig)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, wrap_tx=None,
+                       init_variables: dict | None = None) -> dict:
   """Trains and evaluates `config` in `workdir`, resuming from its latest checkpoint.
 
+  `wrap_tx` and `init_variables` as in `setup` (used by --mode=compress's retraining stages).
   Returns the dict also written to `workdir/results.json`.
   """
   t_start = time.time()
@@ -398,7 +424,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       f.write(config.to_json(indent=2))
   train, test = datasets.load_split(config.dataset, 'train'), datasets.load_split(config.dataset, 'test')
   preprocess = augment.Preprocess.from_images(train.images)
-  exp = setup(config, train, test, info, preprocess)
+  exp = setup(config, train, test, info, preprocess, wrap_tx=wrap_tx,
+              init_variables=init_variables)
   meta = {'history': [], 'train_log': [], 'train_time_s': 0.0, 'train_images': 0,
           'train_seconds': 0.0, 'compile_time_s': 0.0}
   mngr = checkpoints.manager(workdir, config.keep_checkpoints)

@@ -20,6 +20,7 @@ import optax
 from clu import metrics as clu_metrics
 
 from analysis import attack
+from compress import distill
 from data import augment as augment_lib
 from train import distributed
 
@@ -62,19 +63,21 @@ class Metrics(clu_metrics.Collection):
 
 
 def create_train_state(model, tx, example_shape, key: jax.Array, sharding,
-                       ema: bool = False) -> TrainState:
-  """Initial state, created directly with the given (replicated) sharding."""
+                       ema: bool = False, variables: dict | None = None) -> TrainState:
+  """Initial state, created directly with the given (replicated) sharding: from the model's
+  initializers, or from `variables` ({'params', 'batch_stats'}, e.g. another run's)."""
 
-  def init():
-    dummy = jnp.zeros((1, *example_shape), jnp.float32)
-    variables = model.init({'params': key, 'dropout': key}, dummy, train=False)
-    params = variables['params']
+  def init(given):
+    if given is None:
+      dummy = jnp.zeros((1, *example_shape), jnp.float32)
+      given = model.init({'params': key, 'dropout': key}, dummy, train=False)
+    params = given['params']
     return TrainState(step=jnp.int32(0), params=params,
-                      batch_stats=variables.get('batch_stats', {}),
+                      batch_stats=given.get('batch_stats', {}),
                       opt_state=tx.init(params), nonfinite_step=jnp.int32(-1),
                       ema_params=params if ema else {})
 
-  return jax.jit(init, out_shardings=sharding)()
+  return jax.jit(init, out_shardings=sharding)(variables)
 
 
 def run_keys(seed: int, sharding) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -92,16 +95,17 @@ def empty_metrics(sharding) -> Metrics:
 
 
 def make_train_step(model, tx, config, source, preprocess: augment_lib.Preprocess, mesh,
-                    compiler_options: dict | None = None):
-  """The jitted step `(state, metrics, inputs, key_data) -> (state, metrics)`, where `inputs`
-  is `source.step_inputs(step)`. Its key is an argument, so runs that differ only in seed
-  share one compiled (and persistently cached) executable."""
+                    compiler_options: dict | None = None, teacher=None):
+  """The jitted step `(state, metrics, inputs, key_data, *extra) -> (state, metrics)`, where
+  `inputs` is `source.step_inputs(step)` and `extra` is `(teacher variables,)` when distilling
+  from `teacher` (compress/distill.py), else empty. Its key is an argument, so runs that differ
+  only in seed share one compiled (and persistently cached) executable."""
   rep = distributed.replicated(mesh)
   ops = augment_lib.pipeline(config.augment)
   adv = config.adversarial
   step_size = attack.pgd_step_size(adv.eps, adv.steps, adv.step_size)
 
-  def step(state: TrainState, metrics: Metrics, inputs, key_data):
+  def step(state: TrainState, metrics: Metrics, inputs, key_data, *extra):
     key = jax.random.fold_in(jax.random.wrap_key_data(key_data), state.step)
     k_aug, k_drop = jax.random.split(key)
     images, y = source.batch(inputs, state.step)
@@ -118,6 +122,10 @@ def make_train_step(model, tx, config, source, preprocess: augment_lib.Preproces
       else:
         x01 = attack.trades_inputs(f, x01, adv.eps, adv.norm, adv.steps, step_size, k_adv)
       x_adv = jax.lax.stop_gradient(preprocess(x01 * 255.0))
+    teacher_logits = None
+    if teacher is not None:  # the teacher sees the student's augmented image, in its own units
+      teacher_logits = jax.lax.stop_gradient(
+          teacher.logits(extra[0], preprocess.to_pixels(x_adv if adv.method == 'pgd' else x)))
 
     def forward(params, batch_stats, inputs):
       logits, new_vars = model.apply({'params': params, 'batch_stats': batch_stats}, inputs,
@@ -129,8 +137,14 @@ def make_train_step(model, tx, config, source, preprocess: augment_lib.Preproces
       # beta * KL(clean || adversarial), the two forward passes updating the statistics in turn.
       logits, batch_stats = forward(params, state.batch_stats,
                                     x_adv if adv.method == 'pgd' else x)
-      targets = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1]), config.label_smoothing)
-      loss = optax.softmax_cross_entropy(logits, targets).mean()
+      if teacher_logits is not None:
+        d = config.distill
+        loss = distill.loss(logits, teacher_logits, y, d.temperature, d.weight,
+                            config.label_smoothing).mean()
+      else:
+        targets = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1]),
+                                      config.label_smoothing)
+        loss = optax.softmax_cross_entropy(logits, targets).mean()
       if adv.method == 'trades':
         adv_logits, batch_stats = forward(params, batch_stats, x_adv)
         loss = loss + adv.trades_beta * attack.kl_divergence(
