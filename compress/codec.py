@@ -158,6 +158,12 @@ def unpack_fixed(data: bytes, bits: int, n: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- the file
 
 
+def _lengths_bytes(lengths: np.ndarray) -> bytes:
+  """A code-length table as one byte per symbol, trailing unused symbols dropped."""
+  used = np.flatnonzero(lengths)
+  return np.asarray(lengths[:used[-1] + 1], np.uint8).tobytes()
+
+
 class _Payload:
   def __init__(self):
     self.parts, self.size = [], 0
@@ -206,7 +212,8 @@ def write(path: str, arrays: dict[str, np.ndarray], encoding: str = 'raw',
       else:
         gl = code_lengths(np.bincount(gaps, minlength=2 ** ib))
         vl = code_lengths(np.bincount(symbols, minlength=zero + 1))
-        e.update(kind='huffman', gap_lengths=gl.tolist(), value_lengths=vl.tolist(),
+        e.update(kind='huffman', gap_lengths=payload.add(_lengths_bytes(gl)),
+                 value_lengths=payload.add(_lengths_bytes(vl)),
                  gaps=payload.add(huffman_encode(gaps, gl)),
                  values=payload.add(huffman_encode(symbols, vl)))
     entries.append(e)
@@ -242,7 +249,7 @@ def read(path: str) -> tuple[dict[str, np.ndarray], dict]:
       continue
     ib, m = e['index_bits'], e['entries']
     if e['kind'] == 'huffman':
-      gaps = huffman_decode(part(e['gaps']), np.asarray(e['gap_lengths']), m)
+      gaps = huffman_decode(part(e['gaps']), np.frombuffer(part(e['gap_lengths']), np.uint8), m)
     else:
       gaps = unpack_fixed(part(e['gaps']), ib, m)
     pos = positions_from_gaps(gaps)
@@ -253,7 +260,8 @@ def read(path: str) -> tuple[dict[str, np.ndarray], dict]:
       if e['kind'] == 'shared':
         symbols = unpack_fixed(part(e['values']), e['bits'], m)
       else:
-        symbols = huffman_decode(part(e['values']), np.asarray(e['value_lengths']), m)
+        symbols = huffman_decode(part(e['values']),
+                                 np.frombuffer(part(e['value_lengths']), np.uint8), m)
       values = np.append(c, np.float32(0))[symbols]
     flat = np.zeros(int(np.prod(shape)), np.float32)
     flat[pos] = values

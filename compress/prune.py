@@ -61,8 +61,8 @@ def parse_spec(text: str, what: str, params, cast=float) -> dict[str, Any]:
     if key in KINDS:
       by_kind[key] = v
       continue
-    match = [n for n in layers if n == key or n.endswith('/' + key) or n.endswith('/' + key +
-                                                                                  '/kernel')]
+    match = [n for n in layers if any(n == c or n.endswith('/' + c)
+                                      for c in (key, key + '/kernel'))]
     if len(match) != 1:
       names = ', '.join(list(layers)[:6])
       raise UserError(f'{what}: {key!r} names {"no" if not match else "more than one"} '
