@@ -26,6 +26,8 @@ flags.DEFINE_float('compress_finetune_lr_scale', 0.001, '--mode=compress: centro
                    "rate / the run's (the centroid gradients are sums over their clusters).")
 flags.DEFINE_integer('compress_calibration', 1000, '--mode=compress: training images that '
                      'calibrate the int8 activation scales.')
+flags.DEFINE_string('compress_out', 'compress', '--mode=compress: output folder inside the '
+                    'workdir (another name keeps a compression with other settings apart).')
 flags.DEFINE_integer('compress_step', None, '--mode=compress: checkpoint step (default: latest).')
 FLAGS = flags.FLAGS
 
@@ -46,7 +48,8 @@ def compress(config, workdir: str) -> None:
       bits=FLAGS.compress_bits, index_bits=FLAGS.compress_index_bits,
       finetune_epochs=FLAGS.compress_finetune_epochs,
       finetune_lr_scale=FLAGS.compress_finetune_lr_scale,
-      calibration=FLAGS.compress_calibration, step=FLAGS.compress_step)
+      calibration=FLAGS.compress_calibration, step=FLAGS.compress_step,
+      out=FLAGS.compress_out)
   r = pipeline.run_compress(workdir, o)
   for s in r['stages']:
     print(f'compress: {s["stage"]:9s} {s["bytes"]:>10,} bytes  {s["compression_ratio"]:6.1f}x  '
@@ -56,4 +59,4 @@ def compress(config, workdir: str) -> None:
     sp = r['int8']['speed']
     print(f'compress: int8 inference {sp["int8_xla"]:.0f} img/s vs fp32 {sp["fp32_xla"]:.0f} '
           f'(XLA), {sp["fp32_run_convolutions"]:.0f} ({sp["run_conv_impl"]})')
-  print(f'compress: outputs in {workdir}/compress/', flush=True)
+  print(f'compress: outputs in {workdir}/{o.out}/', flush=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 import time
 
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from compress import codec, prune, share
+import util
 from errors import UserError
 
 STAGES = ('prune', 'share', 'huffman', 'int8')
@@ -45,6 +47,7 @@ class Options:
   finetune_lr_scale: float = 0.001  # of the run's learning rate, for the summed centroid gradients
   calibration: int = 1000          # int8: training images for the activation scales
   step: int | None = None
+  out: str = 'compress'            # the output folder inside the workdir
 
 
 def check_options(o: Options, params) -> dict:
@@ -63,6 +66,8 @@ def check_options(o: Options, params) -> dict:
       raise UserError(f'--compress_{name} must be >= 0, got {v}')
   if o.lr_scale <= 0 or o.finetune_lr_scale <= 0:
     raise UserError('--compress_lr_scale and --compress_finetune_lr_scale must be positive')
+  if not o.out or os.path.isabs(o.out) or '..' in o.out.split(os.sep):
+    raise UserError(f'--compress_out must be a folder name inside the workdir, got {o.out!r}')
   if o.calibration < 1:
     raise UserError(f'--compress_calibration must be positive, got {o.calibration}')
   sparsity = prune.parse_spec(o.sparsity, '--compress_sparsity', params)
@@ -129,7 +134,8 @@ def run_compress(workdir: str, o: Options) -> dict:
   from train import checkpoints, distributed, loop, steps
   run = checkpoints.load_run(workdir, o.step)
   per_layer = check_options(o, run.variables['params'])
-  out = common.output_dir(workdir, 'compress')
+  out = common.output_dir(workdir, o.out)
+  _check_same_options(out, o)
   test = run.test_split()
   mesh = distributed.mesh()
   source, eval_step = loop.evaluator(run.config, test, run.model, run.preprocess, mesh,
@@ -247,6 +253,22 @@ def run_compress(workdir: str, o: Options) -> dict:
       f.write(common.markdown_table([int8_info['speed']]))
   _plot(rows, os.path.join(out, 'compression.png'), run.config.model.name)
   return results
+
+
+def _check_same_options(out: str, o: Options) -> None:
+  """Finished stages are reused when the mode runs again, so a folder holding a compression
+  with other settings is refused rather than silently mixed with this one."""
+  path = os.path.join(out, 'options.json')
+  mine = {k: v for k, v in dataclasses.asdict(o).items() if k not in ('stages', 'calibration')}
+  mine = json.loads(json.dumps(mine))
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    diff = sorted(k for k in set(old) | set(mine) if old.get(k) != mine.get(k))
+    if diff:
+      raise UserError(f'{out} holds a compression with other settings ({", ".join(diff)}); pass '
+                      'the same flags to resume it, or --compress_out=NAME for a new one')
+  util.write_json(path, mine)
 
 
 def _logits(run, variables: dict, images) -> np.ndarray:

@@ -45,8 +45,8 @@ def kernels(params) -> dict[str, str]:
 
 
 def parse_spec(text: str, what: str, params, cast=float) -> dict[str, Any]:
-  """'conv=0.65,dense=0.92,Conv_0/kernel=0.3' -> {layer name: value} for every prunable kernel:
-  a layer's own entry (its full name or a unique suffix of it) wins over its kind's."""
+  """'conv=0.65,dense=0.92,ConvNormAct_0=0.3' -> {layer name: value} for every prunable kernel:
+  a layer's own entry (any part of its path that names it alone) wins over its kind's."""
   layers = kernels(params)
   by_kind, by_layer = {}, {}
   for item in filter(None, (s.strip() for s in text.split(','))):
@@ -61,8 +61,7 @@ def parse_spec(text: str, what: str, params, cast=float) -> dict[str, Any]:
     if key in KINDS:
       by_kind[key] = v
       continue
-    match = [n for n in layers if any(n == c or n.endswith('/' + c)
-                                      for c in (key, key + '/kernel'))]
+    match = [n for n in layers if _names(n, key)]
     if len(match) != 1:
       names = ', '.join(list(layers)[:6])
       raise UserError(f'{what}: {key!r} names {"no" if not match else "more than one"} '
@@ -74,6 +73,13 @@ def parse_spec(text: str, what: str, params, cast=float) -> dict[str, Any]:
     raise UserError(f'{what}: no value for the {", ".join(missing)} layers; add e.g. '
                     f'{missing[0]}=...')
   return out
+
+
+def _names(layer: str, key: str) -> bool:
+  """Whether `key` ('ConvNormAct_3', 'ConvNormAct_3/Conv_0', the full path) is a contiguous
+  run of `layer`'s path components."""
+  parts, want = layer.split('/'), key.strip('/').split('/')
+  return any(parts[i:i + len(want)] == want for i in range(len(parts) - len(want) + 1))
 
 
 def check_sparsity(sparsity: dict[str, float]) -> None:
