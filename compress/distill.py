@@ -32,7 +32,9 @@ def loss(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array
   return weight * soft + (1.0 - weight) * hard
 
 
-def check(d) -> None:
+def check(d, example_shape=None, num_classes: int | None = None) -> None:
+  """The distill block's values and, given the student's data, that the teacher was trained on
+  the same input shape and classes (read from its config.json: nothing is loaded or compiled)."""
   if not d.teacher:
     return
   if d.temperature <= 0:
@@ -42,6 +44,19 @@ def check(d) -> None:
   if not os.path.isfile(os.path.join(d.teacher, 'config.json')):
     raise UserError(f'distill.teacher {d.teacher} is not a trained run (no config.json); pass '
                     'the workdir of a finished --mode=train run')
+  if example_shape is not None:
+    from data import datasets
+    from train import checkpoints
+    info = datasets.info(checkpoints.load_config(d.teacher).dataset)
+    _same_data(d.teacher, info, example_shape, num_classes)
+
+
+def _same_data(teacher: str, info, example_shape, num_classes: int) -> None:
+  if tuple(info.shape) != tuple(example_shape) or info.num_classes != num_classes:
+    raise UserError(f'distill.teacher {teacher} was trained on {info.name} '
+                    f'({"x".join(map(str, info.shape))}, {info.num_classes} classes) but '
+                    f'the student\'s data is {"x".join(map(str, example_shape))} with '
+                    f'{num_classes} classes; use a teacher trained on the same data')
 
 
 @dataclasses.dataclass
@@ -68,10 +83,6 @@ def load_teacher(d, example_shape, num_classes: int) -> Teacher | None:
   from models import summary
   from train import checkpoints
   run = checkpoints.load_run(d.teacher)
-  if tuple(run.info.shape) != tuple(example_shape) or run.info.num_classes != num_classes:
-    raise UserError(f'distill.teacher {d.teacher} was trained on {run.info.name} '
-                    f'({"x".join(map(str, run.info.shape))}, {run.info.num_classes} classes) but '
-                    f'the student\'s data is {"x".join(map(str, example_shape))} with '
-                    f'{num_classes} classes; use a teacher trained on the same data')
+  _same_data(d.teacher, run.info, example_shape, num_classes)
   return Teacher(workdir=d.teacher, step=run.step, model=run.model, preprocess=run.preprocess,
                  variables=run.variables, num_params=summary.count_params(run.variables['params']))

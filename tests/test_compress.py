@@ -242,3 +242,48 @@ def test_compress_mode_end_to_end_and_resume(small_trained_net, tmp_path):
   assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith('error: ')
   assert 'Traceback' not in bad.stderr
   assert os.path.exists(os.path.join(out, 'model.cnnz'))
+
+
+def test_qat_model_fake_quantizes_close_to_fp32():
+  import models
+  from compress import int8
+  from configs import common
+  cfg = common.model_config('simplenet')
+  cfg.layers = '8,p,16'
+  model = models.create(cfg, 10, 'float32')
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 16, 16, 1)), jnp.float32)
+  v = model.init(jax.random.key(0), x, train=False)
+  qat = int8.qat_model(model)
+  ref, q = model.apply(v, x, train=False), qat.apply(v, x, train=False)
+  assert not np.array_equal(np.asarray(q), np.asarray(ref))
+  np.testing.assert_allclose(np.asarray(q), np.asarray(ref), atol=0.05 * float(jnp.abs(ref).max()))
+  g = jax.grad(lambda p: qat.apply({**v, 'params': p}, x, train=False).sum())(v['params'])
+  assert all(np.isfinite(np.asarray(leaf)).all() and np.abs(np.asarray(leaf)).sum() > 0
+             for leaf in jax.tree_util.tree_leaves(g))  # straight-through: every weight learns
+
+
+def test_distillation_runs_in_the_train_loop(small_trained_net, tmp_path):
+  from conftest import load_results, overrides
+  teacher = small_trained_net[0]
+  same_data = {'dataset.image_shape': '16,16,1', 'num_train_steps': 8}
+  runs = {}
+  for name, extra in (('plain', {}), ('weight0', {'distill.teacher': teacher,
+                                                  'distill.weight': 0.0}),
+                      ('distilled', {'distill.teacher': teacher})):
+    w = str(tmp_path / name)
+    run_main([f'--workdir={w}', *overrides(**same_data, **extra)])
+    runs[name] = load_results(w)
+  assert runs['plain']['distill'] is None
+  d = runs['distilled']['distill']
+  assert d['teacher'] == teacher and d['temperature'] == 4.0 and d['weight'] == 0.9
+  # weight 0 leaves only the hard-label term: the same training up to float rounding (the
+  # teacher in the program changes XLA's fusions); the soft targets change the losses.
+  loss = lambda r: np.asarray(r['train_log'])[:, 1]
+  np.testing.assert_allclose(loss(runs['weight0']), loss(runs['plain']), rtol=1e-5)
+  assert np.abs(loss(runs['distilled']) - loss(runs['plain'])).max() > 1e-3
+  # A teacher of other data: one line, before the workdir is touched.
+  bad = run_main([f'--workdir={tmp_path / "bad"}', *overrides(**{'distill.teacher': teacher})],
+                 check=False)
+  assert bad.returncode == 2 and 'Traceback' not in bad.stderr
+  assert bad.stderr.strip().splitlines()[-1].startswith('error: distill.teacher')
+  assert not os.path.exists(tmp_path / 'bad' / 'checkpoints')

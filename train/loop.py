@@ -71,8 +71,6 @@ def validate(config: ml_collections.ConfigDict, workdir: str,
     raise UserError(f'label_smoothing must be in [0, 1), got {config.label_smoothing}')
   augment.check(config.augment)
   check_adversarial(config.adversarial)
-  from compress import distill
-  distill.check(config.distill)
   n_dev = jax.device_count()
   if config.batch_size % n_dev:
     raise UserError(f'batch_size {config.batch_size} is not divisible by the {n_dev} devices; '
@@ -80,6 +78,8 @@ def validate(config: ml_collections.ConfigDict, workdir: str,
   convolutions_lib.select(config.conv_impl, config.conv_algorithm)
   info = datasets.info(config.dataset)
   models.create(config.model, info.num_classes, steps.DTYPES[config.dtype])  # resolves every knob
+  from compress import distill
+  distill.check(config.distill, info.shape, info.num_classes)
   optim.check(config)
   if need_data:
     datasets.resolve_source(config.dataset)  # missing data fails here, with what to install
