@@ -26,26 +26,41 @@ def check_bits(bits: dict[str, int]) -> None:
                       f'got {b}')
 
 
-def kmeans(values: np.ndarray, k: int, iterations: int = 50) -> tuple[np.ndarray, np.ndarray]:
+def kmeans(values: np.ndarray, k: int, iterations: int = 100) -> tuple[np.ndarray, np.ndarray]:
   """1-D k-means of `values` into at most `k` centroids with linear initialization (evenly
   spaced between min and max, which Han et al. found best: it keeps centroids on the rare
   large weights). Returns (float32 centroids, sorted, int32 assignment per value). Lloyd's
-  iterations; in 1-D the nearest centroid is a search between midpoints."""
-  values = np.asarray(values, np.float32).ravel()
+  iterations, the nearest centroid found between sorted midpoints; a cluster left empty (a
+  linear grid puts centroids in the gap that pruning leaves around zero) moves to the value
+  farthest from its centroid, as scikit-learn's k-means does, so all 2^bits codes get used."""
+  values = np.asarray(values, np.float32).ravel().astype(np.float64)
   if values.size == 0:
     return np.zeros(0, np.float32), np.zeros(0, np.int32)
-  c = np.linspace(values.min(), values.max(), k).astype(np.float64)
-  c = np.unique(c)
+  c = np.unique(np.linspace(values.min(), values.max(), min(k, np.unique(values).size)))
   assign = None
   for _ in range(iterations):
+    c = np.sort(c)
     new = np.searchsorted((c[1:] + c[:-1]) / 2, values).astype(np.int32)
+    counts = np.bincount(new, minlength=len(c))
+    empty = np.flatnonzero(counts == 0)
+    if len(empty):
+      far = np.argsort(-(values - c[new]) ** 2, kind='stable')
+      used, picks = set(c.tolist()), []
+      for v in values[far].tolist():
+        if len(picks) == len(empty):
+          break
+        if v not in used:
+          used.add(v)
+          picks.append(v)
+      c[empty[:len(picks)]] = picks
+      continue
     if assign is not None and np.array_equal(new, assign):
       break
     assign = new
-    sums = np.bincount(assign, values, minlength=len(c))
-    counts = np.bincount(assign, minlength=len(c))
-    c = np.where(counts > 0, sums / np.maximum(counts, 1), c)  # an empty cluster keeps its place
-  used = np.unique(assign)  # drop empty clusters so every index codes a weight
+    c = np.bincount(assign, values, minlength=len(c)) / counts
+  c = np.sort(c)
+  assign = np.searchsorted((c[1:] + c[:-1]) / 2, values).astype(np.int32)
+  used = np.unique(assign)
   remap = np.full(len(c), -1, np.int32)
   remap[used] = np.arange(len(used), dtype=np.int32)
   return c[used].astype(np.float32), remap[assign]
