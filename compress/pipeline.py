@@ -98,12 +98,14 @@ def stage_config(config, epochs: float, lr_scale: float, train_examples: int):
   return c
 
 
-def _retrain(config, workdir: str, variables: dict, wrap_tx) -> dict:
-  """Trains a stage (or resumes / skips it); returns its final {'params', 'batch_stats'}."""
+def _retrain(config, workdir: str, variables: dict, wrap_tx) -> tuple[dict, float]:
+  """Trains a stage (or resumes / skips it); returns its final {'params', 'batch_stats'} and
+  its training time over all sessions (results.json's train_time_s)."""
   from train import checkpoints, loop
-  loop.train_and_evaluate(config, workdir, wrap_tx=wrap_tx, init_variables=variables)
+  results = loop.train_and_evaluate(config, workdir, wrap_tx=wrap_tx, init_variables=variables)
   state = checkpoints.load_checkpoint(workdir)
-  return {'params': state['params'], 'batch_stats': state.get('batch_stats', {})}
+  return {'params': state['params'], 'batch_stats': state.get('batch_stats', {})}, \
+      results['train_time_s']
 
 
 def _arrays(variables: dict) -> dict[str, np.ndarray]:
@@ -173,7 +175,7 @@ def run_compress(workdir: str, o: Options) -> dict:
   current, masks = base, {n: np.ones(np.shape(v), bool) for n, v in
                           prune.flatten(base['params']).items() if n in layers}
   if 'prune' in o.stages:
-    t0 = time.time()
+    t0, train_s = time.time(), 0.0
     for i in range(1, o.iterations + 1):
       target = prune.iteration_sparsity(per_layer['sparsity'], i, o.iterations)
       masks = prune.magnitude_masks(current['params'], target, o.scope, previous=masks)
@@ -181,25 +183,26 @@ def run_compress(workdir: str, o: Options) -> dict:
                'batch_stats': current['batch_stats']}
       if o.retrain_epochs > 0:
         cfg = stage_config(run.config, o.retrain_epochs, o.lr_scale, n_train)
-        current = _retrain(cfg, os.path.join(out, f'prune_{i}'), start,
-                           lambda tx, m=masks: prune.masked(tx, m))
+        current, secs = _retrain(cfg, os.path.join(out, f'prune_{i}'), start,
+                                 lambda tx, m=masks: prune.masked(tx, m))
+        train_s += secs
       else:
         current = start
     path = os.path.join(out, 'pruned.cnnz')
     nbytes = codec.write(path, _arrays(current), 'sparse', masks=_prefixed(masks),
                          index_bits=_prefixed(per_layer['index_bits']))
     row('pruned', current, path, nbytes, accuracy(current), t0,
-        iterations=o.iterations, scope=o.scope)
+        iterations=o.iterations, scope=o.scope, train_time_s=round(train_s, 1))
 
   if 'share' in o.stages:
-    t0 = time.time()
+    t0, train_s = time.time(), 0.0
     shared_params, centroids, assignments = share.cluster(current['params'], masks,
                                                           per_layer['bits'])
     start = {'params': shared_params, 'batch_stats': current['batch_stats']}
     if o.finetune_epochs > 0:
       cfg = stage_config(run.config, o.finetune_epochs, o.finetune_lr_scale, n_train)
-      current = _retrain(cfg, os.path.join(out, 'share'), start,
-                         lambda tx: share.shared(tx, assignments))
+      current, train_s = _retrain(cfg, os.path.join(out, 'share'), start,
+                                  lambda tx: share.shared(tx, assignments))
     else:
       current = start
     centroids = share.extract(current['params'], assignments)
@@ -212,8 +215,8 @@ def run_compress(workdir: str, o: Options) -> dict:
               centroids=_prefixed(centroids), assignments=_prefixed(assignments))
     path = os.path.join(out, 'quantized.cnnz')
     nbytes = codec.write(path, arrays, 'shared', **kw)
-    quantized_acc = accuracy(current)
-    row('quantized', current, path, nbytes, quantized_acc, t0)
+    row('quantized', current, path, nbytes, accuracy(current), t0,
+        train_time_s=round(train_s, 1))
 
     if 'huffman' in o.stages:
       t0 = time.time()
