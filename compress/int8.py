@@ -70,3 +70,51 @@ def images_per_second(fn, variables, x: jax.Array, repeats: int = 5) -> float:
     jax.block_until_ready(fn(variables, x))
     best = min(best, time.perf_counter() - t)
   return len(x) / best
+
+
+def speeds(run, base: dict, plain, qmodel, qvars: dict, images) -> dict:
+  """Images/s of the run's own fp32 inference, fp32 with XLA's convolutions and the int8 model,
+  side by side on the same batch."""
+  fn = lambda model: jax.jit(lambda v, x: model.apply(v, run.preprocess(x), train=False))
+  x = jnp.asarray(images)
+  return {'fp32_run_convolutions': round(images_per_second(fn(run.model), base, x), 1),
+          'fp32_xla': round(images_per_second(fn(plain), base, x), 1),
+          'int8_xla': round(images_per_second(fn(qmodel), qvars, x), 1),
+          'run_conv_impl': run.convolutions.impl, 'batch': len(x)}
+
+
+def speeds_default_flags(workdir: str, step: int, calibration: int, batch: int) -> dict | None:
+  """`speeds` in a fresh process with XLA's default CPU flags: the YNNPACK fusions main.py
+  turns on for training (kernels/runtime.py) make XLA's int8 dots and convolutions 10-20x
+  slower, so int8 inference is timed both ways. None if the child fails."""
+  import json
+  import re
+  import subprocess
+  import sys
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = re.sub(r'--xla_cpu_experimental_ynn_fusion_type=\S*', '',
+                            env.get('XLA_FLAGS', '')).strip()
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, '-m', 'compress.int8', workdir, str(step),
+                         str(calibration), str(batch)], cwd=repo, env=env,
+                        capture_output=True, text=True)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith('{')]
+  return json.loads(lines[-1]) if proc.returncode == 0 and lines else None
+
+
+def _child(workdir: str, step: int, calibration: int, batch: int) -> None:
+  import json
+  import models
+  from data import datasets
+  from train import checkpoints
+  run = checkpoints.load_run(workdir, step)
+  plain = models.create(run.config.model, run.info.num_classes, run.config.dtype)
+  train = datasets.load_split(run.config.dataset, 'train')
+  qmodel, qvars = ptq(plain, run.variables, run.preprocess(jnp.asarray(train.images[:calibration])))
+  test = run.test_split()
+  print(json.dumps(speeds(run, run.variables, plain, qmodel, qvars, test.images[:batch])))
+
+
+if __name__ == '__main__':
+  import sys
+  _child(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))

@@ -56,7 +56,10 @@ def compress(config, workdir: str) -> None:
           f'{s["params_kept"]:>9,} params  {s["bits_per_weight"]:6.2f} bits/weight  '
           f'{100 * s["test_accuracy"]:.2f}%')
   if r['int8']:
-    sp = r['int8']['speed']
-    print(f'compress: int8 inference {sp["int8_xla"]:.0f} img/s vs fp32 {sp["fp32_xla"]:.0f} '
-          f'(XLA), {sp["fp32_run_convolutions"]:.0f} ({sp["run_conv_impl"]})')
+    for what, sp in (('main.py XLA flags', r['int8']['speed']),
+                     ('XLA default flags', r['int8']['speed_xla_default_flags'])):
+      if sp:
+        print(f'compress: int8 inference, {what}: {sp["int8_xla"]:.0f} img/s vs fp32 '
+              f'{sp["fp32_xla"]:.0f} (XLA), {sp["fp32_run_convolutions"]:.0f} '
+              f'({sp["run_conv_impl"]})')
   print(f'compress: outputs in {workdir}/{o.out}/', flush=True)

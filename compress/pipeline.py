@@ -253,7 +253,10 @@ def run_compress(workdir: str, o: Options) -> dict:
     f.write(common.markdown_table(layer_rows))
     if int8_info:
       f.write('\n## int8 inference (CPU, images/s, best of 5)\n\n')
-      f.write(common.markdown_table([int8_info['speed']]))
+      rows_speed = [{'xla_flags': 'main.py (YNNPACK fusions)', **int8_info['speed']}]
+      if int8_info['speed_xla_default_flags']:
+        rows_speed.append({'xla_flags': 'XLA defaults', **int8_info['speed_xla_default_flags']})
+      f.write(common.markdown_table(rows_speed))
   _plot(rows, os.path.join(out, 'compression.png'), run.config.model.name)
   return results
 
@@ -305,7 +308,6 @@ def _int8(run, base: dict, out: str, calibration: int, test) -> tuple[dict, dict
   nbytes = int8.save(os.path.join(out, 'int8.npz'), qvars)
   q_fn = jax.jit(lambda v, x: qmodel.apply(v, run.preprocess(x), train=False))
   f_fn = jax.jit(lambda v, x: plain.apply(v, run.preprocess(x), train=False))
-  r_fn = jax.jit(lambda v, x: run.model.apply(v, run.preprocess(x), train=False))
 
   def acc(fn, v):
     hits = 0
@@ -314,16 +316,14 @@ def _int8(run, base: dict, out: str, calibration: int, test) -> tuple[dict, dict
       hits += int((pred == test.labels[i:i + 1000]).sum())
     return hits / len(test.labels)
 
-  x = jnp.asarray(test.images[:1000])
-  speed = {'fp32_run_convolutions': round(int8.images_per_second(r_fn, base, x), 1),
-           'fp32_xla': round(int8.images_per_second(f_fn, base, x), 1),
-           'int8_xla': round(int8.images_per_second(q_fn, qvars, x), 1),
-           'run_conv_impl': run.convolutions.impl, 'batch': len(x)}
+  speed = int8.speeds(run, base, plain, qmodel, qvars, test.images[:1000])
+  speed_default = int8.speeds_default_flags(run.workdir, run.step, calibration, 1000)
   info = {'fp32_accuracy': acc(f_fn, base), 'int8_accuracy': acc(q_fn, qvars),
           'calibration_images': int(calib.shape[0]), 'bytes': nbytes,
           'weights': 'int8 per output channel (absmax)',
           'activations': 'int8 per tensor, static scales from calibration (absmax)',
-          'speed': speed}
+          'speed': speed,                     # this process: main.py's XLA flags
+          'speed_xla_default_flags': speed_default}  # a fresh process, XLA's default flags
   return info, qvars, nbytes
 
 

@@ -231,6 +231,8 @@ def test_compress_mode_end_to_end_and_resume(small_trained_net, tmp_path):
   for f in ('results.md', 'compression.png', 'model.cnnz', 'int8.npz'):
     assert os.path.exists(os.path.join(out, f))
   assert r['int8']['int8_accuracy'] >= r['int8']['fp32_accuracy'] - 0.1
+  for speed in (r['int8']['speed'], r['int8']['speed_xla_default_flags']):
+    assert speed['int8_xla'] > 0 and speed['fp32_xla'] > 0
   # Again: every stage is found finished, and the numbers are the same.
   run_main(args)
   with open(os.path.join(out, 'results.json')) as f:
