@@ -1,7 +1,7 @@
 """The compressed-model file (Deep Compression, stage 3) and the Huffman coder it uses.
 
-A file is `CNNZ` + version, a little-endian uint32 header length, a JSON header, and a binary
-payload the header points into. Pruned kernels are stored sparsely as Han et al. do: for each
+A file is `CNNZ` + version, a little-endian uint32 header length, a zlib-compressed JSON
+header, and a binary payload the header points into. Pruned kernels are stored sparsely as Han et al. do: for each
 kept weight, the number of zeros before it in the flattened kernel (a fixed `index_bits`
 width; a gap that does not fit is bridged with filler entries whose value is zero) and its
 value. Values are float32 (`sparse`), or indices into the layer's float32 centroids, at
@@ -16,13 +16,14 @@ import heapq
 import json
 import os
 import struct
+import zlib
 from typing import Any
 
 import numpy as np
 
 from errors import UserError
 
-MAGIC = b'CNNZ\x01'
+MAGIC = b'CNNZ\x02'
 ENCODINGS = ('raw', 'sparse', 'shared', 'huffman')
 
 
@@ -217,7 +218,8 @@ def write(path: str, arrays: dict[str, np.ndarray], encoding: str = 'raw',
                  gaps=payload.add(huffman_encode(gaps, gl)),
                  values=payload.add(huffman_encode(symbols, vl)))
     entries.append(e)
-  header = json.dumps({'arrays': entries, 'meta': meta or {}}, separators=(',', ':')).encode()
+  header = zlib.compress(json.dumps({'arrays': entries, 'meta': meta or {}},
+                                    separators=(',', ':')).encode(), 9)
   tmp = path + '.tmp'
   with open(tmp, 'wb') as f:
     f.write(MAGIC + struct.pack('<I', len(header)) + header)
@@ -238,7 +240,7 @@ def read(path: str) -> tuple[dict[str, np.ndarray], dict]:
     raise UserError(f'{path} is not a compressed model file (written by --mode=compress)')
   (n,) = struct.unpack('<I', blob[len(MAGIC):len(MAGIC) + 4])
   start = len(MAGIC) + 4
-  header = json.loads(blob[start:start + n])
+  header = json.loads(zlib.decompress(blob[start:start + n]))
   body = blob[start + n:]
   part = lambda ref: body[ref[0]:ref[0] + ref[1]]
   out: dict[str, Any] = {}
