@@ -38,3 +38,15 @@ def parse_list(name: str, text: Any, kind: Callable = int, positive: bool = Fals
   if positive and any(v <= 0 for v in values):
     raise UserError(f'every value of {name} must be positive, got {text!r}')
   return values
+
+
+def trained_run_mode(mode: str, verb: str, config, workdir: str) -> None:
+  """The arguments of a mode that works on a trained run: --workdir names it, and a --config
+  is ignored (the run's own config.json is what it trained with)."""
+  from absl import logging
+  from errors import UserError
+  if not workdir:
+    raise UserError(f'--workdir is required: the trained run to {verb}')
+  if config is not None:
+    logging.warning('--mode=%s uses the run\'s own %s; --config is ignored', mode,
+                    os.path.join(workdir, 'config.json'))

@@ -71,13 +71,9 @@ def summary(config, workdir: str) -> None:
 def explain(config, workdir: str) -> None:
   """`--mode=explain`: attribution maps and their faithfulness and fragility, projections,
   activation maximization and feature inversion of a trained run, into `W/explain/`."""
-  from absl import logging
+  import util
   from analysis import explain as explain_lib
-  from errors import UserError
-  if not workdir:
-    raise UserError('--workdir is required: the trained run to explain')
-  if config is not None:
-    logging.warning('--mode=explain uses the run\'s own config; --config is ignored')
+  util.trained_run_mode('explain', 'explain', config, workdir)
   o = explain_lib.Options(
       methods=tuple(FLAGS.explain_methods) or explain_lib.METHODS,
       parts=tuple(FLAGS.explain_parts) or explain_lib.PARTS,
@@ -105,14 +101,9 @@ def explain(config, workdir: str) -> None:
 def attack(config, workdir: str) -> None:
   """`--mode=attack`: white-box and black-box robustness, fooling images, a patch, transfer,
   membership inference and reconstruction of a trained run, into `W/attack/`."""
-  from absl import logging
   import util
   from analysis import attack as attack_lib
-  from errors import UserError
-  if not workdir:
-    raise UserError('--workdir is required: the trained run to attack')
-  if config is not None:
-    logging.warning('--mode=attack uses the run\'s own config; --config is ignored')
+  util.trained_run_mode('attack', 'attack', config, workdir)
   o = attack_lib.Options(
       parts=tuple(FLAGS.attack_parts) or attack_lib.PARTS, norm=FLAGS.attack_norm,
       eps=tuple(util.parse_list('--attack_eps', ','.join(FLAGS.attack_eps), fraction,

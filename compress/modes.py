@@ -34,13 +34,9 @@ FLAGS = flags.FLAGS
 
 def compress(config, workdir: str) -> None:
   """`--mode=compress`: Deep Compression and int8 of a trained run, into `W/compress/`."""
-  from absl import logging
+  import util
   from compress import pipeline
-  from errors import UserError
-  if not workdir:
-    raise UserError('--workdir is required: the trained run to compress')
-  if config is not None:
-    logging.warning('--mode=compress uses the run\'s own config; --config is ignored')
+  util.trained_run_mode('compress', 'compress', config, workdir)
   o = pipeline.Options(
       stages=tuple(FLAGS.compress_stages) or pipeline.STAGES, sparsity=FLAGS.compress_sparsity,
       scope=FLAGS.compress_scope, iterations=FLAGS.compress_iterations,

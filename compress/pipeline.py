@@ -331,11 +331,14 @@ def _plot(rows: list[dict], path: str, name: str) -> None:
   from analysis import common
   plt = common.pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
-  for r in rows:
-    ax.plot(r['bytes'] / 1024, 100 * r['test_accuracy'], 'o')
+  chain = [r for r in rows if r['stage'] != 'int8']  # the Deep Compression stages, in order
+  ax.plot([r['bytes'] / 1024 for r in chain], [100 * r['test_accuracy'] for r in chain], '-',
+          color='0.7', zorder=1)
+  for i, r in enumerate(rows):
+    ax.plot(r['bytes'] / 1024, 100 * r['test_accuracy'], 'o', zorder=2)
     ax.annotate(f"{r['stage']} ({r['compression_ratio']:.1f}x)",
                 (r['bytes'] / 1024, 100 * r['test_accuracy']), textcoords='offset points',
-                xytext=(5, 4), fontsize=8)
+                xytext=(6, 6 if i % 2 else -12), fontsize=8)
   ax.set(xscale='log', xlabel='file size (KiB, log)', ylabel='test accuracy (%)',
          title=f'{name}: size vs accuracy')
   ax.grid(alpha=0.3)

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import os
 
-from absl import flags, logging
+from absl import flags
 
-from errors import UserError
 
 flags.DEFINE_integer('benchmark_steps', 30, '--mode=benchmark: timed train steps.')
 flags.DEFINE_integer('eval_step', -1, '--mode=eval: the checkpoint step to evaluate '
@@ -36,11 +35,7 @@ def evaluate(config, workdir: str) -> None:
   and writes `workdir/eval.json`. Needs no --config: the run's own config.json is used."""
   import util
   from train import checkpoints, distributed, loop, steps
-  if not workdir:
-    raise UserError('--workdir is required: the trained run to evaluate')
-  if config is not None:
-    logging.warning('--mode=eval uses the run\'s own %s; --config is ignored',
-                    os.path.join(workdir, 'config.json'))
+  util.trained_run_mode('eval', 'evaluate', config, workdir)
   run = checkpoints.load_run(workdir, None if FLAGS.eval_step < 0 else FLAGS.eval_step)
   test = run.test_split()
   mesh = distributed.mesh()
