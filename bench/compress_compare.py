@@ -5,8 +5,7 @@ Hinton et al.'s T^2. Writes bench/results/compress_compare.json and prints a tab
 
   .venv/bin/python bench/compress_compare.py --workdir=W [--sparsity=0.9] [--bits=5]
 
-Needs the PyTorch venv (README "Speed") with scikit-learn: `.venv-torch/bin/pip install
-scikit-learn==1.9.1`.
+Needs the PyTorch venv of README "Speed" (bench/requirements-torch.txt has scikit-learn).
 """
 
 import argparse
