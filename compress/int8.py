@@ -72,14 +72,19 @@ def images_per_second(fn, variables, x: jax.Array, repeats: int = 5) -> float:
   return len(x) / best
 
 
-def speeds(run, base: dict, plain, qmodel, qvars: dict, images) -> dict:
-  """Images/s of the run's own fp32 inference, fp32 with XLA's convolutions and the int8 model,
-  side by side on the same batch."""
-  fn = lambda model: jax.jit(lambda v, x: model.apply(v, run.preprocess(x), train=False))
+def apply_fn(model, preprocess):
+  """The jitted inference `(variables, uint8 images) -> logits` of `model`."""
+  return jax.jit(lambda v, x: model.apply(v, preprocess(x), train=False))
+
+
+def speeds(run, base: dict, fp32_xla, int8_xla, qvars: dict, images) -> dict:
+  """Images/s of the run's own fp32 inference, fp32 with XLA's convolutions and the int8 model
+  (the last two as `apply_fn`s), side by side on the same batch."""
   x = jnp.asarray(images)
-  return {'fp32_run_convolutions': round(images_per_second(fn(run.model), base, x), 1),
-          'fp32_xla': round(images_per_second(fn(plain), base, x), 1),
-          'int8_xla': round(images_per_second(fn(qmodel), qvars, x), 1),
+  return {'fp32_run_convolutions': round(images_per_second(
+              apply_fn(run.model, run.preprocess), base, x), 1),
+          'fp32_xla': round(images_per_second(fp32_xla, base, x), 1),
+          'int8_xla': round(images_per_second(int8_xla, qvars, x), 1),
           'run_conv_impl': run.convolutions.impl, 'batch': len(x)}
 
 
@@ -112,7 +117,8 @@ def _child(workdir: str, step: int, calibration: int, batch: int) -> None:
   train = datasets.load_split(run.config.dataset, 'train')
   qmodel, qvars = ptq(plain, run.variables, run.preprocess(jnp.asarray(train.images[:calibration])))
   test = run.test_split()
-  print(json.dumps(speeds(run, run.variables, plain, qmodel, qvars, test.images[:batch])))
+  print(json.dumps(speeds(run, run.variables, apply_fn(plain, run.preprocess),
+                          apply_fn(qmodel, run.preprocess), qvars, test.images[:batch])))
 
 
 if __name__ == '__main__':

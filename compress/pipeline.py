@@ -17,11 +17,10 @@ import json
 import os
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from compress import codec, prune, share
+from compress import codec, int8, prune, share
 import util
 from errors import UserError
 
@@ -154,10 +153,12 @@ def run_compress(workdir: str, o: Options) -> dict:
   rows: list[dict] = []
 
   def row(stage: str, variables: dict, path: str, nbytes: int, acc: float, t0: float,
-          **extra) -> dict:
+          kept: int | None = None, **extra) -> dict:
+    """One `stages` row; `kept` defaults to the parameters not pruned to zero."""
     flat = prune.flatten(variables['params'])
-    pruned = sum(int(np.size(flat[n]) - np.count_nonzero(np.asarray(flat[n]))) for n in layers)
-    kept = total_params - pruned
+    if kept is None:
+      kept = total_params - sum(int(np.size(flat[n]) - np.count_nonzero(np.asarray(flat[n])))
+                                for n in layers)
     r = {'stage': stage, 'params_kept': kept, 'bits_per_weight': round(8 * nbytes / kept, 3),
          'bytes': nbytes, 'compression_ratio': round(rows[0]['bytes'] / nbytes, 2) if rows else 1.0,
          'test_accuracy': acc, 'file': os.path.relpath(path, workdir),
@@ -226,20 +227,18 @@ def run_compress(workdir: str, o: Options) -> dict:
           'model': run.config.model.to_dict()}, **kw)
       decoded, _ = codec.read(path)
       dv = _variables(decoded)
+      logits = int8.apply_fn(run.model, run.preprocess)
       probe = jnp.asarray(test.images[:256])
-      exact = bool(np.array_equal(_logits(run, dv, probe), _logits(run, current, probe)))
-      row('huffman', dv, path, nbytes, accuracy(dv), t0, decoded_logits_equal=exact,
-          file_bytes_on_disk=os.path.getsize(path))
+      exact = bool(np.array_equal(logits(dv, probe), logits(current, probe)))
+      row('huffman', dv, path, nbytes, accuracy(dv), t0, decoded_logits_equal=exact)
   layer_rows = _layer_rows(current, masks, per_layer, layers)
 
   int8_info = None
   if 'int8' in o.stages:
     t0 = time.time()
-    int8_info, int8_vars, int8_bytes = _int8(run, base, out, o.calibration, test)
-    row('int8', base, os.path.join(out, 'int8.npz'), int8_bytes, int8_info['int8_accuracy'],
-        t0, source='fp32')
-    rows[-1]['params_kept'] = total_params
-    rows[-1]['bits_per_weight'] = round(8 * int8_bytes / total_params, 3)
+    int8_info, int8_bytes = _int8(run, base, out, o.calibration, test)
+    row('int8', base, os.path.join(out, 'int8.npz'), int8_bytes, int8_info['int8_accuracy'], t0,
+        kept=total_params, source='fp32')  # every parameter is stored, as int8 or float32
 
   results = {'workdir': os.path.abspath(workdir), 'step': run.step,
              'model': run.config.model.name, 'num_params': total_params,
@@ -277,11 +276,6 @@ def _check_same_options(out: str, o: Options) -> None:
   util.write_json(path, mine)
 
 
-def _logits(run, variables: dict, images) -> np.ndarray:
-  fn = jax.jit(lambda v, x: run.model.apply(v, run.preprocess(x), train=False))
-  return np.asarray(fn(variables, images))
-
-
 def _layer_rows(variables, masks, per_layer, layers) -> list[dict]:
   flat = prune.flatten(variables['params'])
   rows = []
@@ -295,19 +289,17 @@ def _layer_rows(variables, masks, per_layer, layers) -> list[dict]:
   return rows
 
 
-def _int8(run, base: dict, out: str, calibration: int, test) -> tuple[dict, dict, int]:
+def _int8(run, base: dict, out: str, calibration: int, test) -> tuple[dict, int]:
   """qwix int8 post-training quantization of the fp32 run; accuracy and CPU inference speed
   side by side with fp32 (the run's own convolutions and XLA's)."""
   import models
-  from compress import int8
   from data import datasets
   plain = models.create(run.config.model, run.info.num_classes, run.config.dtype)
   train = datasets.load_split(run.config.dataset, 'train')
   calib = run.preprocess(jnp.asarray(train.images[:calibration]))
   qmodel, qvars = int8.ptq(plain, base, calib)
   nbytes = int8.save(os.path.join(out, 'int8.npz'), qvars)
-  q_fn = jax.jit(lambda v, x: qmodel.apply(v, run.preprocess(x), train=False))
-  f_fn = jax.jit(lambda v, x: plain.apply(v, run.preprocess(x), train=False))
+  q_fn, f_fn = int8.apply_fn(qmodel, run.preprocess), int8.apply_fn(plain, run.preprocess)
 
   def acc(fn, v):
     hits = 0
@@ -316,7 +308,7 @@ def _int8(run, base: dict, out: str, calibration: int, test) -> tuple[dict, dict
       hits += int((pred == test.labels[i:i + 1000]).sum())
     return hits / len(test.labels)
 
-  speed = int8.speeds(run, base, plain, qmodel, qvars, test.images[:1000])
+  speed = int8.speeds(run, base, f_fn, q_fn, qvars, test.images[:1000])
   speed_default = int8.speeds_default_flags(run.workdir, run.step, calibration, 1000)
   info = {'fp32_accuracy': acc(f_fn, base), 'int8_accuracy': acc(q_fn, qvars),
           'calibration_images': int(calib.shape[0]), 'bytes': nbytes,
@@ -324,7 +316,7 @@ def _int8(run, base: dict, out: str, calibration: int, test) -> tuple[dict, dict
           'activations': 'int8 per tensor, static scales from calibration (absmax)',
           'speed': speed,                     # this process: main.py's XLA flags
           'speed_xla_default_flags': speed_default}  # a fresh process, XLA's default flags
-  return info, qvars, nbytes
+  return info, nbytes
 
 
 def _plot(rows: list[dict], path: str, name: str) -> None:

@@ -25,11 +25,11 @@ SCOPES = ('layer', 'global')
 
 def flatten(tree) -> dict[str, Any]:
   """{'A/B/kernel': leaf} of a nested params dict."""
-  return {'/'.join(k): v for k, v in flax.traverse_util.flatten_dict(dict(tree)).items()}
+  return flax.traverse_util.flatten_dict(dict(tree), sep='/')
 
 
 def unflatten(flat: dict[str, Any]) -> dict:
-  return flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in flat.items()})
+  return flax.traverse_util.unflatten_dict(flat, sep='/')
 
 
 def kind(name: str, shape) -> str | None:

@@ -88,19 +88,21 @@ def expand(centroids: np.ndarray, assignment: np.ndarray) -> np.ndarray:
   return np.where(assignment >= 0, centroids[np.maximum(assignment, 0)], 0).astype(np.float32)
 
 
+def first_members(assignment: np.ndarray) -> np.ndarray:
+  """The flat index of each cluster's first member."""
+  a = assignment.ravel()
+  first = np.zeros(int(a.max(initial=-1)) + 1, np.int32)
+  idx = np.flatnonzero(a >= 0)
+  first[a[idx][::-1]] = idx[::-1]
+  return first
+
+
 def extract(params, assignments: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """{layer: centroids} read back from shared params (each cluster's value, from its first
   member)."""
   flat = prune.flatten(params)
-  out = {}
-  for n, a in assignments.items():
-    w, a = np.asarray(flat[n]).ravel(), a.ravel()
-    k = int(a.max()) + 1 if a.size and a.max() >= 0 else 0
-    first = np.full(k, -1)
-    idx = np.flatnonzero(a >= 0)
-    first[a[idx][::-1]] = idx[::-1]
-    out[n] = w[first].astype(np.float32)
-  return out
+  return {n: np.asarray(flat[n]).ravel()[first_members(a)].astype(np.float32)
+          for n, a in assignments.items()}
 
 
 class SharedState(NamedTuple):
@@ -120,17 +122,8 @@ def shared(inner: optax.GradientTransformation, assignments: dict[str, np.ndarra
   def trees(params):
     flat = prune.flatten(params)
     assign = {n: (jnp.asarray(assignments[n]) if n in assignments else None) for n in flat}
-    first = {}
-    for n in flat:
-      if n in assignments:
-        a = assignments[n].ravel()
-        k = int(a.max()) + 1
-        f = np.zeros(k, np.int32)
-        idx = np.flatnonzero(a >= 0)
-        f[a[idx][::-1]] = idx[::-1]
-        first[n] = jnp.asarray(f)
-      else:
-        first[n] = None
+    first = {n: (jnp.asarray(first_members(assignments[n])) if n in assignments else None)
+             for n in flat}
     return prune.unflatten(assign), prune.unflatten(first)
 
   is_none = lambda x: x is None
