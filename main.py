@@ -1,7 +1,8 @@
 """Entry point: `python main.py --mode=MODE --config=configs/x.py --workdir=runs/x`.
 
 Flags and dispatch only: each mode is a function of (config, workdir) in its package, and a
-mode's own flags are declared there (train/modes.py, sweeps/modes.py, analysis/modes.py).
+mode's own flags are declared there (train/modes.py, data/modes.py, sweeps/modes.py,
+analysis/modes.py, compress/modes.py).
 """
 
 import os
@@ -17,6 +18,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from analysis import modes as analysis_modes  # noqa: E402
 from compress import modes as compress_modes  # noqa: E402
+from data import modes as data_modes  # noqa: E402
 from errors import UserError  # noqa: E402
 from sweeps import modes as sweep_modes  # noqa: E402
 from train import modes as train_modes  # noqa: E402
@@ -27,6 +29,7 @@ MODES = {
     'eval': (train_modes.evaluate, False, True),
     'benchmark': (train_modes.benchmark, True, True),
     'summary': (analysis_modes.summary, True, False),
+    'augment': (data_modes.augment, True, True),
     'explain': (analysis_modes.explain, False, True),
     'attack': (analysis_modes.attack, False, True),
     'compress': (compress_modes.compress, False, True),

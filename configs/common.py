@@ -75,3 +75,36 @@ def apply_arg(config: ml_collections.ConfigDict, arg: str | None) -> ml_collecti
     with node.unlocked():
       node[leaf] = _convert(node[leaf], value.strip(), key)
   return config
+
+
+def pop_switch(arg: str | None, name: str) -> tuple[bool, str]:
+  """('small,batch_size=64', 'small') -> (True, 'batch_size=64'): a bare word in the config
+  argument that switches a config file's variant, removed before the key=value items apply."""
+  items = [i for i in (arg or '').split(',') if i.strip()]
+  found = any(i.strip() == name for i in items)
+  return found, ','.join(i for i in items if i.strip() != name)
+
+
+def small_cpu_variant(c: ml_collections.ConfigDict, model: str) -> None:
+  """The `:small` variant of an ImageNet config: `model` at 64x64 on an image folder
+  (`dataset.data_dir`), batch 64, 3 epochs, float32: the recipe's shape at a size a CPU runs."""
+  c.model.name = model
+  c.dataset.name, c.dataset.image_shape, c.dataset.num_workers = 'folder', '64,64,3', 2
+  c.augment.rrc_scale = '0.35,1'  # 8% crops of a 64x64 image leave too little to classify
+  c.schedule.warmup_epochs = 0.5
+  c.ema_decay = 0.0
+  c.batch_size = c.eval_batch_size = 64
+  c.num_epochs = 3
+  c.dtype = 'float32'
+  c.log_every_steps = 20
+  c.checkpoint_every_steps = 0
+
+
+def imagenet_data(c: ml_collections.ConfigDict) -> None:
+  """ImageNet as the recipes read it: TFDS `imagenet2012` streamed by 8 decoding processes per
+  host, Inception random-resized crops (8-100% of the area, aspect 3/4-4/3) and flips for
+  training, the 224 centre crop of the image resized to 256 for evaluation."""
+  c.dataset.name, c.dataset.pipeline, c.dataset.image_shape = 'imagenet2012', 'streaming', ''
+  c.dataset.crop_fraction, c.dataset.num_workers = 0.875, 8
+  c.augment.rrc_scale, c.augment.rrc_ratio = '0.08,1', '0.75,1.3333'
+  c.augment.crop_padding, c.augment.flip = 0, True

@@ -16,22 +16,43 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.dropout = 0.0
 
   c.dataset = ml_collections.ConfigDict({
-      'name': 'fashion_mnist',
+      'name': 'fashion_mnist',  # a known name, any TFDS image dataset, or 'folder' (data_dir)
       'source': 'auto',        # auto (TFDS if prepared, else local IDX files) | tfds | idx
-      'data_dir': '',          # TFDS data dir ('' = TFDS default, ~/tensorflow_datasets)
+      'data_dir': '',          # TFDS data dir ('' = ~/tensorflow_datasets); folder: DIR/{train,val}
       'idx_dir': '',           # IDX files dir ('' = the dataset's known location)
       'train_size': 0,         # use N training examples (0 = all from train_offset on)
       'train_offset': 0,       # skip the first N training examples (disjoint runs, shadow models)
       'test_size': 0,          # use the first N test examples (0 = all)
-      'image_shape': '32,32,3',  # synthetic only: example shape (any rank: '128,4' is 1-D)
+      # Example shape: images are resized to it when set ('' = the dataset's own; synthetic:
+      # 32,32,3; any rank for synthetic: '128,4' is 1-D).
+      'image_shape': '',
       'num_classes': 10,         # synthetic only
       'synthetic_size': 2048,    # synthetic only: training examples (test = 1/4 of it)
+      # Where batches come from: memory (the split on every device, gathered in the step) |
+      # streaming (read, decoded and batched on the host per process by grain) | auto (memory
+      # when the training split fits in memory_limit_mb as uint8, else streaming).
+      'pipeline': 'auto',
+      'memory_limit_mb': 4096,
+      'crop_fraction': 1.0,      # < 1: evaluate a centre crop of this fraction (ImageNet 0.875)
+      'num_workers': 2,          # streaming: decoding processes (0 = threads of this process)
+      'prefetch_batches': 4,     # streaming: batches read ahead of the step
   })
-  # cutout: side of a square zeroed per training image after normalization (0 = off)
-  c.augment = ml_collections.ConfigDict({'crop_padding': 2, 'flip': True, 'cutout': 0})
+  # Augmentations of training images, in this order (data/augment.py): random-resized crop
+  # (rrc_scale '' = off), pad-and-crop, flip, rotation/zoom, color jitter, and Wu et al.'s
+  # color casting, vignetting and lens distortion (0 = off); then cutout after normalization.
+  c.augment = ml_collections.ConfigDict({
+      'rrc_scale': '', 'rrc_ratio': '0.75,1.3333',  # Inception: '0.08,1' of the area
+      'crop_padding': 2, 'flip': True,
+      'rotate': 0.0, 'scale': 0.0,              # max degrees; zoom 1 +- scale
+      'brightness': 0.0, 'contrast': 0.0, 'saturation': 0.0,  # +- of the range; factor 1 +- c
+      'color_cast': 0.0,                        # max per-channel offset, pixels (Wu et al.: 20)
+      'vignetting': 0.0,                        # max darkening at the corners, 0-1
+      'lens_distortion': 0.0,                   # max |k| of r' = r (1 + k r^2)
+      'cutout': 0,             # side of a square zeroed per image after normalization
+  })
 
   c.optimizer = ml_collections.ConfigDict({
-      'name': 'sgd',           # sgd | adam | adamw | adadelta | rmsprop
+      'name': 'sgd',           # sgd | adam | adamw | adadelta | rmsprop | rmsprop_tf
       'learning_rate': 0.2,
       'momentum': 0.9,
       'nesterov': True,
@@ -42,10 +63,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'grad_clip_norm': 0.0,   # 0 = off
   })
   c.schedule = ml_collections.ConfigDict({
-      'name': 'onecycle',      # constant | multistep | cosine | onecycle | linear
+      'name': 'onecycle',      # constant | multistep | exponential | cosine | onecycle | linear
       'warmup_epochs': 1.0,    # linear warmup, added in front of any schedule
       'milestones': '',        # multistep: epochs, e.g. '100,190,306'
-      'gamma': 0.1,            # multistep factor
+      'gamma': 0.1,            # multistep factor; exponential: factor every decay_epochs
+      'decay_epochs': 1.0,     # exponential: epochs between decays (staircase)
       'final_lr_fraction': 0.0,  # cosine / linear / onecycle end value, relative to the peak
   })
   # Adversarial training (analysis/attack.py's attacks, in [0, 1] pixel units as AutoAttack's

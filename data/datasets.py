@@ -6,6 +6,9 @@ Sources, tried in this order when `dataset.source='auto'`:
      the dataset's known location (Debian's `dataset-fashion-mnist` package for Fashion-MNIST).
      TFDS cannot use those files: their gzip checksums differ from the ones it registered.
 `synthetic` makes class-conditional random data (learnable, so losses fall) of any shape.
+`folder` is an image folder (data/images.py), and any other name a TFDS image-classification
+dataset prepared in `dataset.data_dir`. Which path serves the batches (in memory or streaming,
+data/streaming.py) is `pipeline(ds_cfg)`.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ class DatasetInfo:
   train_split: str = 'train'
   test_split: str = 'test'
   idx_dir: str = ''             # known location of IDX files ('' = none)
-  trainable: bool = True        # False: summary/benchmark only (too big to hold in memory)
   install_hint: str = ''
+  class_names: tuple[str, ...] = ()
+  tfds_name: str = ''           # the TFDS builder ('' = name)
+  num_train: int = 0            # training examples, when known without reading them (0 = not)
 
 
 DATASETS: dict[str, DatasetInfo] = {d.name: d for d in [
@@ -40,7 +45,7 @@ DATASETS: dict[str, DatasetInfo] = {d.name: d for d in [
     DatasetInfo('cifar10', (32, 32, 3), 10),
     DatasetInfo('cifar100', (32, 32, 3), 100),
     DatasetInfo('svhn_cropped', (32, 32, 3), 10),
-    DatasetInfo('imagenet2012', (224, 224, 3), 1000, test_split='validation', trainable=False),
+    DatasetInfo('imagenet2012', (224, 224, 3), 1000, test_split='validation'),
     DatasetInfo('synthetic', (32, 32, 3), 10),
 ]}
 
@@ -53,6 +58,9 @@ class Split:
   images: np.ndarray   # (N, *shape) uint8
   labels: np.ndarray   # (N,) int32
 
+  def __len__(self) -> int:
+    return int(self.labels.shape[0])
+
 
 def info(ds_cfg) -> DatasetInfo:
   """The dataset's example shape and class count (synthetic: from the config); also checks
@@ -63,21 +71,104 @@ def info(ds_cfg) -> DatasetInfo:
   if ds_cfg.synthetic_size <= 0:
     raise UserError(f'dataset.synthetic_size must be positive, got {ds_cfg.synthetic_size}')
   name = ds_cfg.name
-  if name not in DATASETS:
-    raise UserError(f'unknown dataset {name!r}; known datasets: {", ".join(sorted(DATASETS))}')
-  d = DATASETS[name]
+  if name == 'folder':
+    return _folder_info(ds_cfg)
+  d = DATASETS.get(name) or _tfds_info(ds_cfg)
   if name == 'synthetic':
-    try:
-      shape = tuple(util.parse_list('dataset.image_shape', ds_cfg.image_shape, int))
-    except UserError:
-      shape = ()
-    if len(shape) < 2 or min(shape) < 1:
-      raise UserError(f"dataset.image_shape must be positive ints like '32,32,3' (spatial dims, "
-                      f'then channels), got {ds_cfg.image_shape!r}')
+    shape = _shape(ds_cfg.image_shape or '32,32,3', any_rank=True)
     if ds_cfg.num_classes < 2:
       raise UserError(f'dataset.num_classes must be at least 2, got {ds_cfg.num_classes}')
-    d = dataclasses.replace(d, shape=shape, num_classes=int(ds_cfg.num_classes))
+    return dataclasses.replace(d, shape=shape, num_classes=int(ds_cfg.num_classes))
+  if ds_cfg.image_shape:
+    shape = _shape(ds_cfg.image_shape)
+    if shape[-1] != d.shape[-1] and d.shape[-1]:
+      raise UserError(f'dataset.image_shape {ds_cfg.image_shape!r} has {shape[-1]} channels, '
+                      f'{name} has {d.shape[-1]}; keep its channel count')
+    d = dataclasses.replace(d, shape=shape)
+  if None in d.shape:
+    raise UserError(f'{name} has images of varying size; set --config.dataset.image_shape=H,W,C')
   return d
+
+
+def _shape(text: str, any_rank: bool = False) -> tuple[int, ...]:
+  try:
+    shape = tuple(util.parse_list('dataset.image_shape', text, int))
+  except UserError:
+    shape = ()
+  if len(shape) < 2 or min(shape) < 1 or (not any_rank and (len(shape) != 3 or shape[-1] not in (1, 3))):
+    raise UserError(f"dataset.image_shape must be positive ints like '32,32,3' (height, width, "
+                    f'then 1 or 3 channels), got {text!r}')
+  return shape
+
+
+def _folder_info(ds_cfg) -> DatasetInfo:
+  from data import images
+  folder = images.scan_folder(os.path.abspath(ds_cfg.data_dir) if ds_cfg.data_dir else '')
+  shape = _shape(ds_cfg.image_shape) if ds_cfg.image_shape else images.folder_shape(folder)
+  return DatasetInfo('folder', shape, len(folder.class_names), test_split='val',
+                     class_names=folder.class_names, num_train=len(folder.files['train']))
+
+
+def _tfds_info(ds_cfg) -> DatasetInfo:
+  """A TFDS image-classification dataset that is not in DATASETS, from its prepared metadata."""
+  name = ds_cfg.name
+  known = ', '.join(sorted(DATASETS))
+  if not _tfds_prepared(ds_cfg):
+    raise UserError(f'unknown dataset {name!r}: not one of {known}, not folder, and no TFDS '
+                    f'dataset of that name is prepared in {ds_cfg.data_dir or "~/tensorflow_datasets"}')
+  import tensorflow_datasets as tfds
+  builder = tfds.builder(name, data_dir=ds_cfg.data_dir or None)
+  keys = builder.info.supervised_keys or ('image', 'label')
+  features = builder.info.features
+  try:
+    shape, num_classes = tuple(features[keys[0]].shape), int(features[keys[1]].num_classes)
+  except (KeyError, AttributeError, TypeError):
+    raise UserError(f'TFDS dataset {name} is not image classification (needs an image feature and '
+                    'a class label)') from None
+  splits = list(builder.info.splits)
+  test = next((s for s in ('test', 'validation', 'val') if s in splits), None)
+  if 'train' not in splits or test is None:
+    raise UserError(f'TFDS dataset {name} needs a train split and a test or validation split; it '
+                    f'has {", ".join(splits)}')
+  return DatasetInfo(name, shape, num_classes, test_split=test,
+                     class_names=tuple(getattr(features[keys[1]], 'names', ()) or ()),
+                     num_train=int(builder.info.splits['train'].num_examples))
+
+
+def num_train(ds_cfg, d: DatasetInfo) -> int:
+  """Training examples the run will see, without reading them (for the pipeline choice)."""
+  n = d.num_train
+  if not n and d.name != 'synthetic' and resolve_source(ds_cfg) == 'tfds':
+    import tensorflow_datasets as tfds
+    try:
+      n = int(tfds.builder(d.tfds_name or d.name, data_dir=ds_cfg.data_dir or None)
+              .info.splits[d.train_split].num_examples)
+    except KeyError:  # no split metadata (tfds.testing.mock_data): size unknown, taken as small
+      n = 0
+  n = n or int(ds_cfg.synthetic_size if d.name == 'synthetic' else 0)
+  n = max(0, n - int(ds_cfg.train_offset))
+  return min(n, ds_cfg.train_size) if ds_cfg.train_size else n
+
+
+PIPELINES = ('auto', 'memory', 'streaming')
+
+
+def pipeline(ds_cfg, d: DatasetInfo | None = None) -> str:
+  """'memory' or 'streaming': the config's choice, or for 'auto' memory when the training split
+  fits in `dataset.memory_limit_mb` as uint8 (IDX files and synthetic data always do)."""
+  if ds_cfg.pipeline not in PIPELINES:
+    raise UserError(f'unknown dataset.pipeline {ds_cfg.pipeline!r}; use {" | ".join(PIPELINES)}')
+  d = d or info(ds_cfg)
+  source = resolve_source(ds_cfg)
+  if ds_cfg.pipeline == 'streaming' and source in ('idx', 'synthetic'):
+    raise UserError(f'dataset.pipeline=streaming reads TFDS datasets and image folders; {d.name} '
+                    f'comes from {source} data, use pipeline=memory')
+  if ds_cfg.pipeline != 'auto':
+    return ds_cfg.pipeline
+  if source in ('idx', 'synthetic'):
+    return 'memory'
+  size_mb = num_train(ds_cfg, d) * int(np.prod(d.shape)) / 2 ** 20
+  return 'memory' if size_mb <= ds_cfg.memory_limit_mb else 'streaming'
 
 
 def _find_idx(directory: str, stem: str) -> Optional[str]:
@@ -101,14 +192,15 @@ def _tfds_prepared(ds_cfg) -> bool:
 
 
 def resolve_source(ds_cfg) -> str:
-  """Which source will serve the dataset: 'synthetic', 'tfds' or 'idx'. Fails with one line
-  saying what to install or where to put which files when none can."""
-  d = info(ds_cfg)
-  if d.name == 'synthetic':
-    return 'synthetic'
-  if not d.trainable:
-    raise UserError(f'{d.name} is too large to hold in memory and is supported for '
-                    '--mode=summary only; train on mnist, fashion_mnist, cifar10, cifar100 or svhn_cropped')
+  """Which source will serve the dataset: 'synthetic', 'folder', 'tfds' or 'idx'. Fails with
+  one line saying what to install or where to put which files when none can."""
+  if ds_cfg.name in ('synthetic', 'folder'):
+    info(ds_cfg)  # checks the settings (the folder's layout)
+    return ds_cfg.name
+  if ds_cfg.name not in DATASETS:
+    info(ds_cfg)
+    return 'tfds'
+  d = DATASETS[ds_cfg.name]
   source = ds_cfg.source
   if source not in ('auto', 'tfds', 'idx'):
     raise UserError(f'unknown dataset.source {source!r}; use auto, tfds or idx')
@@ -154,19 +246,56 @@ def _load_idx(ds_cfg, d: DatasetInfo, split: str) -> Split:
   return Split(images, labels.astype(np.int32))
 
 
-def _load_tfds(ds_cfg, d: DatasetInfo, split: str) -> Split:
+def _load_tfds(ds_cfg, d: DatasetInfo, split: str, n: int) -> Split:
+  """The first `n` examples (0 = all) of a TFDS split, resized to the run's shape if needed."""
+  if _needs_resize(ds_cfg, d):
+    from data import images
+    reader = images.tfds_reader(d.tfds_name or d.name, ds_cfg.data_dir, _tfds_split(d, split))
+    keys = _supervised_keys(ds_cfg, d)
+    n = min(n, len(reader)) if n else len(reader)
+    x = images.read_all(n, lambda i: images.transform(reader[i][keys[0]], d.shape,
+                                                      ds_cfg.crop_fraction), d.shape)
+    return Split(x, np.asarray([int(reader[i][keys[1]]) for i in range(n)], np.int32))
   import tensorflow as tf
   import tensorflow_datasets as tfds
   tf.config.set_visible_devices([], 'GPU')  # keep TF off the accelerators JAX uses
-  tfds_split = d.train_split if split == 'train' else d.test_split
-  ds = tfds.load(d.name, split=tfds_split, data_dir=ds_cfg.data_dir or None, as_supervised=True,
-                 batch_size=4096, download=False)
+  tfds_split = _tfds_split(d, split) + (f'[:{n}]' if n else '')
+  ds = tfds.load(d.tfds_name or d.name, split=tfds_split, data_dir=ds_cfg.data_dir or None,
+                 as_supervised=True, batch_size=4096, download=False)
   images, labels = [], []
   for x, y in tfds.as_numpy(ds):  # batch_size=-1 crashes under tfds.testing.mock_data
     images.append(x)
     labels.append(y)
   return Split(np.concatenate(images).astype(np.uint8).reshape(-1, *d.shape),
                np.concatenate(labels).astype(np.int32))
+
+
+def _tfds_split(d: DatasetInfo, split: str) -> str:
+  return d.train_split if split == 'train' else d.test_split
+
+
+def _supervised_keys(ds_cfg, d: DatasetInfo) -> tuple[str, str]:
+  import tensorflow_datasets as tfds
+  builder = tfds.builder(d.tfds_name or d.name, data_dir=ds_cfg.data_dir or None)
+  return tuple(builder.info.supervised_keys or ('image', 'label'))[:2]
+
+
+def _needs_resize(ds_cfg, d: DatasetInfo) -> bool:
+  """Whether TFDS images must be decoded one by one (a configured size, or varying sizes)."""
+  native = DATASETS[d.name].shape if d.name in DATASETS else None
+  return bool(ds_cfg.image_shape) or native is None or ds_cfg.crop_fraction < 1
+
+
+def _load_folder(ds_cfg, d: DatasetInfo, split: str, start: int, n: int) -> Split:
+  from data import images
+  folder = images.scan_folder(os.path.abspath(ds_cfg.data_dir))
+  paths, labels = folder.files[split], folder.labels[split]
+  end = min(len(paths), start + n) if n else len(paths)
+  strict = not ds_cfg.image_shape
+  x = images.read_all(end - start, lambda i: images.transform(
+      images.open_image(paths[start + i]), d.shape, ds_cfg.crop_fraction,
+      strict_size=paths[start + i] if strict else ''), d.shape)
+  return Split(x, labels[start:end])
 
 
 def _synthetic(d: DatasetInfo, n: int, seed: int) -> Split:
@@ -183,13 +312,24 @@ def load_split(ds_cfg, split: str) -> Split:
   `dataset.train_size` / `test_size` as a run sees it."""
   d = info(ds_cfg)
   source = resolve_source(ds_cfg)
+  start = int(ds_cfg.get('train_offset', 0)) if split == 'train' else 0
+  size = ds_cfg.train_size if split == 'train' else ds_cfg.test_size
+  if source == 'folder':  # decodes only the examples the run uses
+    out = _load_folder(ds_cfg, d, split, start, size)
+    if not len(out.labels):
+      raise UserError(f'dataset.train_offset {start} leaves none of the training images; use a '
+                      'smaller offset')
+    return out
   if source == 'synthetic':
     n = int(ds_cfg.synthetic_size)
     out = _synthetic(d, n, 0) if split == 'train' else _synthetic(d, max(1, n // 4), 1)
+  elif source == 'idx':
+    if d.shape != DATASETS[d.name].shape:
+      raise UserError(f'dataset.image_shape resizes TFDS and folder images; the IDX files of '
+                      f'{d.name} are {DATASETS[d.name].shape}: leave image_shape empty')
+    out = _load_idx(ds_cfg, d, split)
   else:
-    out = (_load_idx if source == 'idx' else _load_tfds)(ds_cfg, d, split)
-  start = int(ds_cfg.get('train_offset', 0)) if split == 'train' else 0
-  size = ds_cfg.train_size if split == 'train' else ds_cfg.test_size
+    out = _load_tfds(ds_cfg, d, split, start + size if size else 0)
   if start >= len(out.labels):
     raise UserError(f'dataset.train_offset {start} leaves none of the {len(out.labels)} '
                     'training examples; use a smaller offset')
@@ -209,4 +349,6 @@ def identity(ds_cfg, d: DatasetInfo, num_train: int, num_test: int) -> dict:
           'source': resolve_source(ds_cfg), 'test_split': d.test_split,
           'num_train': num_train, 'num_test': num_test,
           'train_size': int(ds_cfg.train_size), 'test_size': int(ds_cfg.test_size),
-          'train_offset': int(ds_cfg.get('train_offset', 0))}
+          'train_offset': int(ds_cfg.get('train_offset', 0)),
+          'pipeline': pipeline(ds_cfg, d), 'class_names': list(d.class_names),
+          'data_dir': os.path.abspath(ds_cfg.data_dir) if ds_cfg.data_dir else ''}

@@ -2,8 +2,11 @@
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -62,6 +65,68 @@ def load_state(workdir, step=None) -> dict:
 def flat_leaves(tree) -> dict:
   import jax
   return {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def assert_same_run(ref_dir: str, other_dir: str, rtol: float = 1e-5) -> None:
+  """Two runs' logged losses and final parameters agree within rtol."""
+  ref, other = load_results(ref_dir), load_results(other_dir)
+  ref_loss = np.array([l for _, l, _ in ref['train_log']])
+  other_loss = np.array([l for _, l, _ in other['train_log']])
+  assert len(ref_loss) >= 5
+  np.testing.assert_allclose(other_loss, ref_loss, rtol=rtol)
+  a, b = flat_leaves(load_state(ref_dir)['params']), flat_leaves(load_state(other_dir)['params'])
+  assert a.keys() == b.keys()
+  va = np.concatenate([a[k].ravel() for k in a])
+  vb = np.concatenate([b[k].ravel() for k in a])
+  assert np.linalg.norm(va - vb) / np.linalg.norm(va) <= rtol
+  for k in a:  # leaf by leaf; conv biases before BatchNorm get no true gradient and hold only
+    # float noise (~1e-7), so every leaf is measured against at least 0.1
+    scale = max(np.abs(a[k]).max(), 1e-1)
+    assert np.abs(a[k] - b[k]).max() / scale <= rtol, k
+
+
+def run_processes(args: list[str], workdir: str, processes: int = 2, devices: int = 1) -> None:
+  """main.py as `processes` cooperating processes (jax.distributed on localhost, gloo)."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  procs = [subprocess.Popen(
+      [sys.executable, 'main.py', '--config=configs/default.py', f'--workdir={workdir}', *args,
+       f'--coordinator_address=127.0.0.1:{port}', f'--num_processes={processes}',
+       f'--process_id={i}'], cwd=REPO, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in range(processes)]
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+
+
+def assert_kill_and_resume_is_bitwise(args: list[str], tmp_path, kill_after_step: int) -> None:
+  """An uninterrupted run, and one killed (SIGKILL) once a checkpoint of at least
+  `kill_after_step` exists and then rerun: the same final state, bit for bit."""
+  ref, killed = str(tmp_path / 'ref'), str(tmp_path / 'killed')
+  run_main([f'--workdir={ref}', *args])
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  proc = subprocess.Popen([sys.executable, 'main.py', '--config=configs/default.py',
+                           f'--workdir={killed}', *args], cwd=REPO, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpts = os.path.join(killed, 'checkpoints')
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.isdir(ckpts) and any(d.isdigit() and int(d) >= kill_after_step
+                                    for d in os.listdir(ckpts)):
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, 'run finished before it could be killed'
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not os.path.exists(os.path.join(killed, 'results.json'))
+  resumed = run_main([f'--workdir={killed}', *args])
+  assert 'Resumed from' in resumed.stderr
+  a, b = flat_leaves(load_state(ref)), flat_leaves(load_state(killed))
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 @pytest.fixture

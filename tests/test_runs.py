@@ -137,18 +137,24 @@ def test_train_source_batches_follow_the_epoch_permutation():
 
 def test_augmentations_are_named_ops_in_config_order():
   import jax
-  import ml_collections
+  from configs import default
   from data import augment
-  cfg = ml_collections.ConfigDict({'crop_padding': 2, 'flip': True, 'cutout': 3})
+  cfg = default.get_config().augment
+  cfg.crop_padding, cfg.flip, cfg.cutout = 2, True, 3
   assert [op.name for op in augment.pipeline(cfg)] == ['crop', 'flip', 'cutout']
   cfg.crop_padding, cfg.cutout = 0, 0
   assert [op.name for op in augment.pipeline(cfg)] == ['flip']
+  cfg.rrc_scale, cfg.vignetting, cfg.contrast, cfg.lens_distortion = '0.5,1', 0.3, 0.2, 0.1
+  assert [op.name for op in augment.pipeline(cfg)] == [
+      'resized_crop', 'flip', 'color', 'vignetting', 'lens_distortion']
+  assert [op.name for op in augment.pipeline(cfg, skip=augment.HOST_OPS)][0] == 'flip'
   pre = augment.Preprocess((10.0,), (2.0,))
   x = np.full((4, 6, 6, 1), 12, np.uint8)
   out = np.asarray(augment.apply((), jax.random.key(0), x, pre))
   np.testing.assert_array_equal(out, np.ones((4, 6, 6, 1), np.float32))  # (12 - 10) / 2
-  cut = augment.pipeline(ml_collections.ConfigDict({'crop_padding': 0, 'flip': False, 'cutout': 2}))
-  out = np.asarray(augment.apply(cut, jax.random.key(0), x, pre))
+  cfg = default.get_config().augment
+  cfg.crop_padding, cfg.flip, cfg.cutout = 0, False, 2
+  out = np.asarray(augment.apply(augment.pipeline(cfg), jax.random.key(0), x, pre))
   assert set(np.unique(out)) == {0.0, 1.0}  # cutout runs after normalization: zero is the mean
 
 

@@ -4,15 +4,12 @@ import glob
 import importlib.util
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY, flat_leaves, load_results, load_state, overrides, run_main
+from conftest import (REPO, TINY, assert_kill_and_resume_is_bitwise, flat_leaves, load_results,
+                      load_state, overrides, run_main)
 
 from configs import default
 from errors import UserError
@@ -34,7 +31,8 @@ def test_config_argument_sets_fields_and_rejects_unknown_keys():
 # Every config file users launch, with the parameter count of the model it builds (the README
 # quotes these); a new config file gets a line here.
 SHIPPED_CONFIGS = {'default.py': 311_210, 'simplenet_cifar10.py': 5_498_378,
-                   'fashion_mnist_fast.py': 292_298}
+                   'fashion_mnist_fast.py': 292_298, 'imagenet_resnet50.py': 25_557_032,
+                   'imagenet_simplenet.py': 5_752_808}
 
 
 def test_shipped_configs_validate_and_build_their_documented_models(tmp_path):
@@ -143,30 +141,7 @@ def test_tfds_path_with_mock_data(workdir):
 def test_kill_and_resume_gives_bitwise_identical_params(tmp_path):
   args = overrides(num_train_steps=60, checkpoint_every_steps=5, log_every_steps=5,
                    **{'model.layers': '16,p,32,p,32'})
-  ref, killed = str(tmp_path / 'ref'), str(tmp_path / 'killed')
-  run_main([f'--workdir={ref}', *args])
-
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
-  proc = subprocess.Popen([sys.executable, 'main.py', '--config=configs/default.py',
-                           f'--workdir={killed}', *args], cwd=REPO, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  ckpts = os.path.join(killed, 'checkpoints')
-  deadline = time.time() + 240
-  while time.time() < deadline and proc.poll() is None:
-    if os.path.isdir(ckpts) and any(d.isdigit() and int(d) >= 10 for d in os.listdir(ckpts)):
-      break
-    time.sleep(0.05)
-  assert proc.poll() is None, 'run finished before it could be killed'
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert not os.path.exists(os.path.join(killed, 'results.json'))
-
-  resumed = run_main([f'--workdir={killed}', *args])
-  assert 'Resumed from' in resumed.stderr
-  a, b = flat_leaves(load_state(ref)), flat_leaves(load_state(killed))
-  assert a.keys() == b.keys()
-  for k in a:
-    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  assert_kill_and_resume_is_bitwise(args, tmp_path, kill_after_step=10)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(workdir):
@@ -236,10 +211,12 @@ def test_unwritable_workdir(tmp_path):
 
 def test_missing_data_says_what_to_install(tmp_path):
   proc, errs = _bad(tmp_path, f'--workdir={tmp_path}/w', *overrides(),
-                    '--config.dataset.name=mnist', f'--config.dataset.data_dir={tmp_path}/empty')
+                    '--config.dataset.name=mnist', '--config.dataset.image_shape=',
+                    f'--config.dataset.data_dir={tmp_path}/empty')
   assert proc.returncode == 2 and 'dataset mnist not found' in errs[0] and 'tfds' in errs[0]
   proc, errs = _bad(tmp_path, f'--workdir={tmp_path}/w', *overrides(),
                     '--config.dataset.name=fashion_mnist', '--config.dataset.source=idx',
+                    '--config.dataset.image_shape=',
                     f'--config.dataset.idx_dir={tmp_path}/empty')
   assert proc.returncode == 2 and 'IDX files not found' in errs[0]
 

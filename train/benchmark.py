@@ -1,5 +1,7 @@
 """`--mode=benchmark`: times the real jitted train step on random data shaped like the
-configured dataset (no data files needed) and writes `workdir/benchmark.json`.
+configured dataset (no data files needed) and writes `workdir/benchmark.json`. With
+`dataset.pipeline=streaming` it reads the configured data through the streaming pipeline
+instead, and also reports the pipeline's own rate and the share of training time lost to input.
 
 Numbers: steady-state throughput of back-to-back steps (how training runs: the host
 dispatches ahead, no per-step sync), the median of individually synchronized steps, XLA's
@@ -42,15 +44,27 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
 
 def run(config, workdir: str, steps: int = 30, warmup: int = 3) -> dict:
   """Benchmarks the train step of `config`; returns what it writes to benchmark.json."""
-  info = loop.validate(config, workdir, need_data=False)
+  stream = config.dataset.pipeline == 'streaming'
+  info = loop.validate(config, workdir, need_data=stream)
   batch = config.batch_size
-  # Random uint8 data: the step gathers its batch from it exactly as in training.
-  data = sources.random_split(info.shape, info.num_classes, batch * 4)
-  channels = info.shape[-1]
-  preprocess = augment.Preprocess((127.0,) * channels, (64.0,) * channels)
+  if stream:
+    data, _, preprocess = loop.load_data(config, info)
+  else:  # random uint8 data: the step gathers its batch from it exactly as in training
+    data = sources.random_split(info.shape, info.num_classes, batch * 4)
+    channels = info.shape[-1]
+    preprocess = augment.Preprocess((127.0,) * channels, (64.0,) * channels)
   exp = loop.setup(config, data, None, info, preprocess,
                    total_steps=max(steps + warmup, 10) * 10)
   state, key, source = exp.state, exp.step_key, exp.train_source
+  pipeline_rate = None
+  if stream:  # the pipeline alone: decode, host crop and batch, once its workers are running
+    for _ in range(12):  # start-up, and the batches buffered meanwhile
+      next(source.iterator)
+    t = time.perf_counter()
+    for _ in range(steps):
+      next(source.iterator)
+    pipeline_rate = steps * source.order.local / (time.perf_counter() - t)
+    source.seek(0)
   metrics = steps_lib.empty_metrics(distributed.replicated(exp.mesh))
 
   t0 = time.perf_counter()
@@ -92,7 +106,20 @@ def run(config, workdir: str, steps: int = 30, warmup: int = 3) -> dict:
     step += 1
   jax.block_until_ready(state)
   wall = time.perf_counter() - t
+  input_wait = t_input / wall
+  if stream:
+    # The same steps on one batch already on the device: the time the pipeline added is the
+    # share of training lost to input (the host's blocked time overlaps running steps).
+    inputs = source.step_inputs(step)
+    jax.block_until_ready(inputs)
+    t = time.perf_counter()
+    for _ in range(steps):
+      state, metrics = compiled(state, metrics, inputs, key)
+    jax.block_until_ready(state)
+    input_wait = max(0.0, 1.0 - (time.perf_counter() - t) / wall)
 
+  if stream:
+    source.close()
   peak = matmul_peak_gflops()
   step_s = statistics.median(step_times)
   achieved = flops / (wall / steps) / 1e9
@@ -111,7 +138,10 @@ def run(config, workdir: str, steps: int = 30, warmup: int = 3) -> dict:
       'peak_gflops_per_sec': round(peak, 2),
       'fraction_of_peak': round(achieved / peak, 4),
       'compile_time_s': round(compile_time, 3),
-      'input_wait_fraction': round(t_input / wall, 5),
+      'input_wait_fraction': round(input_wait, 5),
+      'pipeline': 'streaming' if stream else 'memory',
+      'pipeline_images_per_sec': round(pipeline_rate, 1) if pipeline_rate else None,
+      'host_blocked_fraction': round(t_input / wall, 5),
       'timed_steps': steps,
       'conv_impl': exp.convolutions.impl,
       'conv_algorithm': exp.convolutions.algorithm,
@@ -121,6 +151,9 @@ def run(config, workdir: str, steps: int = 30, warmup: int = 3) -> dict:
       'tcmalloc_release_rate': runtime.tcmalloc_release_rate(),
       'backend': jax.default_backend(),
   }
+  if stream:
+    logging.info('streaming input: pipeline alone %.1f img/s per process; %.1f%% of training '
+                 'time lost to input', pipeline_rate, 100 * input_wait)
   if distributed.is_main_process():
     util.write_json(os.path.join(workdir, 'benchmark.json'), result)
     logging.info('benchmark %s batch %d: %.1f img/s, %.1f ms/step, %.1f GFLOP/s = %.0f%% of the '

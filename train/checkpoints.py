@@ -34,7 +34,13 @@ ADDED_KEYS = {'augment.cutout': 0, 'ema_decay': 0.0, 'eval_flip_tta': False,
               'adversarial.trades_beta': 6.0, 'adversarial.eval_eps': 0.0,
               'adversarial.eval_steps': 20, 'adversarial.eval_examples': 1000,
               'distill.teacher': '', 'distill.temperature': 4.0, 'distill.weight': 0.9,
-              'int8_qat': False}
+              'int8_qat': False, 'dataset.pipeline': 'auto', 'dataset.memory_limit_mb': 4096,
+              'dataset.crop_fraction': 1.0, 'dataset.num_workers': 0,
+              'dataset.prefetch_batches': 4, 'augment.rrc_scale': '',
+              'augment.rrc_ratio': '0.75,1.3333', 'augment.rotate': 0.0, 'augment.scale': 0.0,
+              'augment.brightness': 0.0, 'augment.contrast': 0.0, 'augment.saturation': 0.0,
+              'augment.color_cast': 0.0, 'augment.vignetting': 0.0,
+              'augment.lens_distortion': 0.0, 'schedule.decay_epochs': 1.0}
 
 
 def checkpoint_dir(workdir: str) -> str:

@@ -24,7 +24,7 @@ from absl import logging
 
 import models
 import util
-from data import augment, datasets, sources
+from data import augment, datasets, sources, streaming
 from errors import NonFiniteLossError, UserError
 from kernels import convolutions as convolutions_lib
 from kernels import runtime
@@ -34,7 +34,7 @@ from train import checkpoints, distributed, optim, steps
 # Settings that may change when an existing run is resumed (extend it, change cadence).
 RESUMABLE_CHANGES = ('num_epochs', 'num_train_steps', 'log_every_steps', 'eval_every_epochs',
                      'checkpoint_every_steps', 'keep_checkpoints', 'eval_batch_size', 'conv_impl',
-                     'conv_algorithm')
+                     'conv_algorithm', 'dataset.prefetch_batches')
 
 
 # ----------------------------------------------------------------------------- validation
@@ -69,7 +69,6 @@ def validate(config: ml_collections.ConfigDict, workdir: str,
     raise UserError(f'ema_decay must be in [0, 1), got {config.ema_decay}')
   if not 0.0 <= config.label_smoothing < 1.0:
     raise UserError(f'label_smoothing must be in [0, 1), got {config.label_smoothing}')
-  augment.check(config.augment)
   check_adversarial(config.adversarial)
   n_dev = jax.device_count()
   if config.batch_size % n_dev:
@@ -77,12 +76,14 @@ def validate(config: ml_collections.ConfigDict, workdir: str,
                     f'use a multiple of {n_dev}')
   convolutions_lib.select(config.conv_impl, config.conv_algorithm)
   info = datasets.info(config.dataset)
+  augment.check(config.augment, info.shape[-1])
   models.create(config.model, info.num_classes, steps.DTYPES[config.dtype])  # resolves every knob
   from compress import distill
   distill.check(config.distill, info.shape, info.num_classes)
   optim.check(config)
   if need_data:
     datasets.resolve_source(config.dataset)  # missing data fails here, with what to install
+    datasets.pipeline(config.dataset, info)
   check_workdir(workdir)
   if need_data:
     check_resumable(config, workdir)
@@ -155,20 +156,25 @@ class Experiment:
   num_params: int
 
 
-def evaluator(config, test: datasets.Split, model, preprocess: augment.Preprocess, mesh,
+def evaluator(config, test, model, preprocess: augment.Preprocess, mesh,
               convs: convolutions_lib.Convolutions):
-  """(eval source, jitted eval step) over `test`, as a run evaluates: its eval batch size,
-  flip TTA and compiler options. Shared by training and `--mode=eval`."""
-  source = sources.InMemoryEval(test, config.eval_batch_size, mesh)
+  """(eval source, jitted eval step) over `test` (a Split in memory, or streaming.Examples), as
+  a run evaluates: its eval batch size, flip TTA and compiler options. Shared by training and
+  `--mode=eval`."""
+  if isinstance(test, datasets.Split):
+    source = sources.InMemoryEval(test, config.eval_batch_size, mesh)
+  else:
+    source = streaming.StreamingEval(test, config.dataset, config.eval_batch_size, mesh)
   return source, steps.make_eval_step(model, source, preprocess, mesh, config.eval_flip_tta,
                                       convs.compiler_options())
 
 
-def setup(config, train: datasets.Split, test: datasets.Split | None, info: datasets.DatasetInfo,
+def setup(config, train, test, info: datasets.DatasetInfo,
           preprocess: augment.Preprocess, total_steps: int | None = None,
           wrap_tx=None, init_variables: dict | None = None) -> Experiment:
   """Mesh, data sources, model, optimizer, initial state and the jitted steps of a run.
 
+  `train` and `test` are Splits in memory or streaming.Examples (test may be None);
   `wrap_tx(tx)` replaces the run's optimizer by a wrapper of it (compress/: pruning masks,
   shared weights); `init_variables` starts from given weights instead of the initializers."""
   from compress import distill
@@ -176,12 +182,15 @@ def setup(config, train: datasets.Split, test: datasets.Split | None, info: data
   mesh = distributed.mesh()
   rep = distributed.replicated(mesh)
   batch = config.batch_size
-  if len(train.labels) < batch:
-    raise UserError(f'batch_size {batch} is larger than the {len(train.labels)} training examples')
+  if len(train) < batch:
+    raise UserError(f'batch_size {batch} is larger than the {len(train)} training examples')
   init_key, data_key, step_key = steps.run_keys(config.seed, rep)
-  train_source = sources.InMemoryTrain(train, batch, mesh, data_key)
-  spe = train_source.steps_per_epoch
+  spe = len(train) // batch
   total = total_steps or config.num_train_steps or config.num_epochs * spe
+  if isinstance(train, datasets.Split):
+    train_source = sources.InMemoryTrain(train, batch, mesh, data_key)
+  else:
+    train_source = streaming.StreamingTrain(train, config.dataset, batch, total, mesh, config.seed)
   convs = convolutions_lib.select(config.conv_impl, config.conv_algorithm)
   if config.int8_qat:
     from compress import int8
@@ -202,7 +211,8 @@ def setup(config, train: datasets.Split, test: datasets.Split | None, info: data
   robust_source = robust_step = None
   if test and steps.robust_eps(config.adversarial):
     n = config.adversarial.eval_examples
-    subset = datasets.Split(test.images[:n], test.labels[:n])
+    subset = (datasets.Split(test.images[:n], test.labels[:n])
+              if isinstance(test, datasets.Split) else test.head(n))
     robust_source = sources.InMemoryEval(subset, config.eval_batch_size, mesh)
     robust_step = steps.make_robust_eval_step(model, robust_source, preprocess, mesh,
                                               config.adversarial, convs.compiler_options())
@@ -220,9 +230,15 @@ def restore(exp: Experiment, mngr: ocp.CheckpointManager, meta: dict) -> dict:
   """Loads the latest checkpoint into `exp.state`, if there is one; returns its meta."""
   if mngr.latest_step() is None:
     return meta
-  restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(exp.state), meta=ocp.args.JsonRestore()))
+  items = {'state': ocp.args.StandardRestore(exp.state), 'meta': ocp.args.JsonRestore()}
+  iterator = getattr(exp.train_source, 'iterator', None)
+  if iterator is not None:  # the streaming pipeline's position, saved with the state
+    import grain
+    items['data'] = grain.checkpoint.CheckpointRestore(iterator)
+  restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(**items))
   exp.state = restored.state
+  if iterator is not None:
+    exp.train_source.restored(int(exp.state.step))
   logging.info('Resumed from %s at step %d.', mngr.directory, int(exp.state.step))
   return {**meta, **restored.meta}
 
@@ -242,6 +258,7 @@ class _Run:
   def __init__(self, exp: Experiment, workdir: str, meta: dict, mngr, writer, t_start: float):
     self.exp, self.workdir, self.meta, self.mngr, self.writer = exp, workdir, meta, mngr, writer
     self.t_start, self.time_base = t_start, meta['train_time_s']
+    self.wait_base = meta.get('input_wait_s', 0.0)
     self.lr_fn = optim.learning_rate_schedule(exp.config, exp.steps_per_epoch, exp.total_steps)
     self.last_train: dict[str, float] = {}
     self.first = True
@@ -263,8 +280,13 @@ class _Run:
   def save(self, step: int) -> None:
     self.check_finite()
     self.meta['train_time_s'] = self.elapsed()
-    self.mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(self.exp.state),
-                                                 meta=ocp.args.JsonSave(self.meta)), force=True)
+    self.meta['input_wait_s'] = self.wait_base + getattr(self.exp.train_source, 'wait_s', 0.0)
+    items = {'state': ocp.args.StandardSave(self.exp.state), 'meta': ocp.args.JsonSave(self.meta)}
+    iterator = getattr(self.exp.train_source, 'iterator', None)
+    if iterator is not None:
+      import grain
+      items['data'] = grain.checkpoint.CheckpointSave(iterator)
+    self.mngr.save(step, args=ocp.args.Composite(**items), force=True)
 
   def log_train(self, step: int, values: dict[str, float], images: int, seconds: float) -> None:
     exp = self.exp
@@ -353,6 +375,10 @@ def results_dict(run: _Run) -> dict:
       'train_time_s': round(run.elapsed(), 2),
       'images_per_sec': round(meta['train_images'] / max(meta['train_seconds'], 1e-9), 1),
       'compile_time_s': round(meta['compile_time_s'], 2),
+      # Host time blocked on the streaming pipeline over training time: an upper bound of the
+      # device's input wait (steps run asynchronously while the host waits). 0 in memory.
+      'input_wait_fraction': round((run.wait_base + getattr(exp.train_source, 'wait_s', 0.0))
+                                   / max(meta['train_seconds'], 1e-9), 4),
       'steps': exp.total_steps,
       'epochs': round(exp.total_steps / exp.steps_per_epoch, 3),
       'num_devices': jax.device_count(),
@@ -409,6 +435,17 @@ def plot_curves(results: dict, path: str) -> None:
   plt.close(fig)
 
 
+def load_data(config, info: datasets.DatasetInfo):
+  """(train, test, preprocess) of a run: Splits in host memory, or for the streaming pipeline
+  streaming.Examples (read while training) with statistics of a training sample."""
+  if datasets.pipeline(config.dataset, info) == 'memory':
+    train = datasets.load_split(config.dataset, 'train')
+    return (train, datasets.load_split(config.dataset, 'test'),
+            augment.Preprocess.from_images(train.images))
+  train = streaming.Examples(config.dataset, info, 'train', streaming.rrc_setting(config.augment))
+  return train, streaming.Examples(config.dataset, info, 'test'), train.preprocess()
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, wrap_tx=None,
                        init_variables: dict | None = None) -> dict:
   """Trains and evaluates `config` in `workdir`, resuming from its latest checkpoint.
@@ -422,8 +459,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, wrap_tx=
   if main_proc:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json(indent=2))
-  train, test = datasets.load_split(config.dataset, 'train'), datasets.load_split(config.dataset, 'test')
-  preprocess = augment.Preprocess.from_images(train.images)
+  train, test, preprocess = load_data(config, info)
   exp = setup(config, train, test, info, preprocess, wrap_tx=wrap_tx,
               init_variables=init_variables)
   meta = {'history': [], 'train_log': [], 'train_time_s': 0.0, 'train_images': 0,
@@ -432,23 +468,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, wrap_tx=
   meta = restore(exp, mngr, meta)
   # Recorded with every checkpoint, so load_run needs no training data.
   meta['run'] = checkpoints.run_info(preprocess, datasets.identity(
-      config.dataset, info, len(train.labels), len(test.labels)))
+      config.dataset, info, len(train), len(test)))
 
   writer = None
   if main_proc:
     from clu import metric_writers  # imports TensorFlow; only the writing process needs it
     writer = metric_writers.SummaryWriter(os.path.join(workdir, 'tensorboard'))
     logging.info('Model %s: %s parameters. Data %s: %d train / %d test, %d steps/epoch, '
-                 '%d steps, %d devices, %s convolutions, %s malloc.', config.model.name,
-                 f'{exp.num_params:,}', info.name, len(train.labels), len(test.labels),
+                 '%d steps, %d devices, %s convolutions, %s malloc, %s data.', config.model.name,
+                 f'{exp.num_params:,}', info.name, len(train), len(test),
                  exp.steps_per_epoch, exp.total_steps, jax.device_count(),
-                 exp.convolutions.impl, runtime.malloc())
+                 exp.convolutions.impl, runtime.malloc(), type(exp.train_source).__name__)
   run = _Run(exp, workdir, meta, mngr, writer, t_start)
   step = int(exp.state.step)
   results_path = os.path.join(workdir, 'results.json')
   if step >= exp.total_steps and os.path.exists(results_path):
     logging.info('Run already complete at step %d; results in %s', step, results_path)
     mngr.close()
+    if hasattr(exp.train_source, 'close'):
+      exp.train_source.close()
     with open(results_path) as f:
       return json.load(f)
   while step < exp.total_steps:
@@ -461,6 +499,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, wrap_tx=
     run.save(exp.total_steps)
   mngr.wait_until_finished()
   mngr.close()
+  if hasattr(exp.train_source, 'close'):
+    exp.train_source.close()
   results = results_dict(run)
   if main_proc:
     util.write_json(results_path, results)

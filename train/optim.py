@@ -11,8 +11,8 @@ import optax
 from errors import UserError
 import util
 
-OPTIMIZERS = ('sgd', 'adam', 'adamw', 'adadelta', 'rmsprop')
-SCHEDULES = ('constant', 'multistep', 'cosine', 'onecycle', 'linear')
+OPTIMIZERS = ('sgd', 'adam', 'adamw', 'adadelta', 'rmsprop', 'rmsprop_tf')
+SCHEDULES = ('constant', 'multistep', 'exponential', 'cosine', 'onecycle', 'linear')
 
 
 def check(config) -> None:
@@ -30,6 +30,9 @@ def check(config) -> None:
     raise UserError(f"optimizer.weight_decay_on must be 'all' or 'kernels', got {o.weight_decay_on!r}")
   if s.warmup_epochs < 0:
     raise UserError(f'schedule.warmup_epochs must be >= 0, got {s.warmup_epochs}')
+  if s.name == 'exponential' and (s.decay_epochs <= 0 or not 0 < s.gamma <= 1):
+    raise UserError('the exponential schedule needs schedule.decay_epochs > 0 and 0 < gamma <= 1, '
+                    f'got {s.decay_epochs} and {s.gamma}')
   _milestones(s.milestones)
 
 
@@ -47,6 +50,9 @@ def learning_rate_schedule(config, steps_per_epoch: int, total_steps: int) -> op
   elif s.name == 'multistep':
     bounds = {int(round(m * steps_per_epoch)) - warmup: s.gamma for m in _milestones(s.milestones)}
     main = optax.piecewise_constant_schedule(peak, {b: g for b, g in bounds.items() if b > 0})
+  elif s.name == 'exponential':
+    main = optax.exponential_decay(peak, max(1, int(round(s.decay_epochs * steps_per_epoch))),
+                                   s.gamma, staircase=True)
   elif s.name == 'cosine':
     main = optax.cosine_decay_schedule(peak, rest, alpha=s.final_lr_fraction)
   else:  # onecycle / linear: linear decay to the end value after the (linear) warmup
@@ -83,4 +89,8 @@ def create(config, steps_per_epoch: int, total_steps: int) -> optax.GradientTran
     parts.append(optax.adadelta(lr, rho=o.rho, eps=o.eps))
   elif o.name == 'rmsprop':
     parts.append(optax.rmsprop(lr, decay=o.rho, eps=o.eps, momentum=o.momentum or None))
+  elif o.name == 'rmsprop_tf':
+    # TensorFlow's RMSProp (timm's rmsproptf): squared average starts at 1, eps inside the sqrt.
+    parts.append(optax.rmsprop(lr, decay=o.rho, eps=o.eps, initial_scale=1.0, eps_in_sqrt=True,
+                               momentum=o.momentum or None))
   return optax.chain(*parts)

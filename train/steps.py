@@ -101,7 +101,7 @@ def make_train_step(model, tx, config, source, preprocess: augment_lib.Preproces
   from `teacher` (compress/distill.py), else empty. Its key is an argument, so runs that differ
   only in seed share one compiled (and persistently cached) executable."""
   rep = distributed.replicated(mesh)
-  ops = augment_lib.pipeline(config.augment)
+  ops = augment_lib.pipeline(config.augment, skip=getattr(source, 'host_ops', ()))
   adv = config.adversarial
   step_size = attack.pgd_step_size(adv.eps, adv.steps, adv.step_size)
 
