@@ -126,23 +126,25 @@ def random_resized_crop(key: jax.Array, x: jax.Array, scale, ratio) -> jax.Array
   return jnp.clip(jax.vmap(one)(_pixels(x), top, left, h, w), 0, 255)
 
 
-def random_affine(key: jax.Array, x: jax.Array, degrees: float, scale: float) -> jax.Array:
-  """Rotation by U(-degrees, degrees) and zoom by U(1 - scale, 1 + scale) about the image
-  centre (dm-pix's affine_transform, bilinear, edges repeated)."""
+def affine(img: jax.Array, theta: jax.Array, zoom: jax.Array) -> jax.Array:
+  """One (H, W, C) image rotated by `theta` radians (clockwise as displayed, rows down) and zoomed by
+  `zoom` about its centre: dm-pix's affine_transform, bilinear, edges repeated."""
   import dm_pix as pix
-  n, height, width, _ = x.shape
+  height, width = img.shape[:2]
+  centre = jnp.array([(height - 1) / 2, (width - 1) / 2, 0.0])
+  # Output coordinate -> input coordinate: the inverse rotation, divided by the zoom.
+  cos, sin = jnp.cos(theta) / zoom, jnp.sin(theta) / zoom
+  m = jnp.array([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]])
+  return pix.affine_transform(img, m, offset=centre - m @ centre, order=1, mode='nearest')
+
+
+def random_affine(key: jax.Array, x: jax.Array, degrees: float, scale: float) -> jax.Array:
+  """`affine` with a rotation of U(-degrees, degrees) and a zoom of U(1 - scale, 1 + scale)."""
+  n = x.shape[0]
   k1, k2 = jax.random.split(key)
   theta = jnp.deg2rad(jax.random.uniform(k1, (n,), minval=-degrees, maxval=degrees))
   zoom = jax.random.uniform(k2, (n,), minval=1 - scale, maxval=1 + scale)
-  centre = jnp.array([(height - 1) / 2, (width - 1) / 2, 0.0])
-
-  def one(img, t, z):
-    # Output coordinate -> input coordinate: inverse rotation, divided by the zoom.
-    cos, sin = jnp.cos(t) / z, jnp.sin(t) / z
-    m = jnp.array([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]])
-    return pix.affine_transform(img, m, offset=centre - m @ centre, order=1, mode='nearest')
-
-  return jnp.clip(jax.vmap(one)(_pixels(x), theta, zoom), 0, 255)
+  return jnp.clip(jax.vmap(affine)(_pixels(x), theta, zoom), 0, 255)
 
 
 def color_jitter(key: jax.Array, x: jax.Array, brightness: float, contrast: float,

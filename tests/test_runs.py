@@ -202,3 +202,16 @@ def test_library_notices_are_dropped_and_real_warnings_pass():
   assert not f.filter(record(logging.INFO, 'saved', '/x/orbax/checkpoint.py'))
   assert f.filter(record(logging.WARNING, 'loss is getting large'))
   assert f.filter(record(logging.ERROR, 'Variant folder broken'))  # errors always pass
+
+
+def test_keys_added_since_old_runs_default_to_todays_config():
+  """An old run (config.json without a key) resumes under the default config only if the filled
+  value is the default's, or the key is one a resume may change."""
+  from configs import default
+  from train import checkpoints, loop
+  c = default.get_config()
+  for key, value in checkpoints.ADDED_KEYS.items():
+    node = c
+    for part in key.split('.'):
+      node = node[part]
+    assert node == value or key in loop.RESUMABLE_CHANGES, key

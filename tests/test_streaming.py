@@ -57,6 +57,23 @@ def test_lens_distortion_keeps_the_centre_barrel_pulls_lines_in_pincushion_out()
   assert where(augment.lens_warp(line, 0.3)) < 16 < where(augment.lens_warp(line, -0.3))
 
 
+def test_affine_quarter_turn_is_a_rot90_and_zoom_keeps_the_centre():
+  img = jnp.asarray(np.random.default_rng(1).integers(0, 256, (9, 9, 1)), jnp.float32)
+  turned = augment.affine(img, jnp.pi / 2, 1.0)
+  np.testing.assert_allclose(turned, np.rot90(np.asarray(img), k=-1), atol=1e-3)
+  zoomed = augment.affine(img, 0.0, 2.0)
+  assert float(zoomed[4, 4, 0]) == pytest.approx(float(img[4, 4, 0]), abs=1e-3)
+  assert float(zoomed[0, 0, 0]) == pytest.approx(float(img[2, 2, 0]), abs=1e-3)  # 2x about (4, 4)
+
+
+def test_brightness_alone_adds_one_offset_per_image():
+  x = jnp.full((3, 5, 5, 3), 120, jnp.uint8).at[:, 0, 0, 0].set(10)
+  y = augment.color_jitter(jax.random.key(2), x, 0.2, 0.0, 0.0) - x.astype(jnp.float32)
+  offsets = y[:, 1, 1, 0]
+  np.testing.assert_allclose(y, jnp.broadcast_to(offsets[:, None, None, None], y.shape), atol=1e-3)
+  assert float(jnp.abs(offsets).max()) <= 0.2 * 255 + 1e-3 and float(jnp.ptp(offsets)) > 1.0
+
+
 def test_color_cast_is_one_offset_per_channel():
   flat = jnp.full((4, 6, 6, 3), 100, jnp.uint8)
   y = augment.color_cast(jax.random.key(1), flat, 20.0)
