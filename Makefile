@@ -18,8 +18,8 @@ run: setup
 	$(PY) main.py --config=configs/default.py --workdir=$(WORKDIR)
 
 # Two pytest workers, a file each at a time (module fixtures stay in one worker): the tests are
-# mostly XLA compiles, which run on one thread, so two overlap on two cores (290 tests in 10m16s-11m56s;
-# serially, 268 tests took 13m45s-15m38s; a clean-clone .ci/run 12m44s).
+# mostly XLA compiles, which run on one thread, so two overlap on two cores (293 tests in 10m51s;
+# serially, 268 tests took 13m45s-15m38s).
 TEST_WORKERS ?= 2
 test: setup
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
