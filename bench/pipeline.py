@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 from absl import app, flags
 
@@ -44,20 +43,17 @@ def _folder(name: str, size: int, fmt: str) -> str:
 
 def _pipeline_rate(root: str, shape: str, rrc: str, workers: int, batch: int) -> float:
   from configs import default
-  from data import datasets, streaming
+  from data import augment, datasets, streaming
   from train import distributed
   c = default.get_config()
   c.dataset.name, c.dataset.data_dir, c.dataset.image_shape = 'folder', root, shape
   c.dataset.num_workers, c.augment.rrc_scale = workers, rrc
   info = datasets.info(c.dataset)
-  ex = streaming.Examples(c.dataset, info, 'train', streaming.rrc_setting(c.augment))
+  ex = streaming.Examples(c.dataset, info, 'train', augment.resized_crop_setting(c.augment))
   src = streaming.StreamingTrain(ex, c.dataset, batch, 10 * FLAGS.batches, distributed.mesh(), 0)
-  for _ in range(FLAGS.warmup):  # start-up, and the buffers filled meanwhile drained
-    next(src.iterator)
-  t = time.perf_counter()
-  for _ in range(FLAGS.batches):
-    next(src.iterator)
-  return round(FLAGS.batches * batch / (time.perf_counter() - t), 1)
+  rate = src.rate(FLAGS.batches, FLAGS.warmup)
+  src.close()
+  return round(rate, 1)
 
 
 def main(argv):

@@ -267,8 +267,15 @@ def _range(text: str, key: str) -> tuple[float, float]:
   return values[0], values[1]
 
 
+def resized_crop_setting(aug_cfg) -> tuple[tuple[float, float], tuple[float, float]] | None:
+  """(scale, ratio) of the random-resized crop, or None when `augment.rrc_scale` is off."""
+  if not aug_cfg.rrc_scale:
+    return None
+  return _range(aug_cfg.rrc_scale, 'rrc_scale'), _range(aug_cfg.rrc_ratio, 'rrc_ratio')
+
+
 def _resized_crop_op(c):
-  scale, ratio = _range(c.rrc_scale, 'rrc_scale'), _range(c.rrc_ratio, 'rrc_ratio')
+  scale, ratio = resized_crop_setting(c)
   return lambda k, x: random_resized_crop(k, x, scale, ratio)
 
 
@@ -306,8 +313,7 @@ def check(aug_cfg, channels: int | None = None) -> None:
   if aug_cfg.saturation and channels is not None and channels != 3:
     raise UserError(f'augment.saturation needs RGB images; this dataset has {channels} channel(s)')
   if aug_cfg.rrc_scale:
-    lo, hi = _range(aug_cfg.rrc_scale, 'rrc_scale')
-    rlo, rhi = _range(aug_cfg.rrc_ratio, 'rrc_ratio')
+    (lo, hi), (rlo, rhi) = resized_crop_setting(aug_cfg)
     if not (0 < lo <= hi <= 1) or not (0 < rlo <= rhi):
       raise UserError(f'augment.rrc_scale must be 0 < lo <= hi <= 1 and rrc_ratio 0 < lo <= hi, '
                       f'got {aug_cfg.rrc_scale!r} and {aug_cfg.rrc_ratio!r}')

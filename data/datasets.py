@@ -247,15 +247,7 @@ def _load_idx(ds_cfg, d: DatasetInfo, split: str) -> Split:
 
 
 def _load_tfds(ds_cfg, d: DatasetInfo, split: str, n: int) -> Split:
-  """The first `n` examples (0 = all) of a TFDS split, resized to the run's shape if needed."""
-  if _needs_resize(ds_cfg, d):
-    from data import images
-    reader = images.tfds_reader(d.tfds_name or d.name, ds_cfg.data_dir, _tfds_split(d, split))
-    keys = _supervised_keys(ds_cfg, d)
-    n = min(n, len(reader)) if n else len(reader)
-    x = images.read_all(n, lambda i: images.transform(reader[i][keys[0]], d.shape,
-                                                      ds_cfg.crop_fraction), d.shape)
-    return Split(x, np.asarray([int(reader[i][keys[1]]) for i in range(n)], np.int32))
+  """The first `n` examples (0 = all) of a TFDS split whose images have the run's shape."""
   import tensorflow as tf
   import tensorflow_datasets as tfds
   tf.config.set_visible_devices([], 'GPU')  # keep TF off the accelerators JAX uses
@@ -274,28 +266,21 @@ def _tfds_split(d: DatasetInfo, split: str) -> str:
   return d.train_split if split == 'train' else d.test_split
 
 
-def _supervised_keys(ds_cfg, d: DatasetInfo) -> tuple[str, str]:
+def supervised_keys(ds_cfg, d: DatasetInfo) -> tuple[str, str]:
+  """The (image, label) feature names of a TFDS dataset."""
   import tensorflow_datasets as tfds
   builder = tfds.builder(d.tfds_name or d.name, data_dir=ds_cfg.data_dir or None)
   return tuple(builder.info.supervised_keys or ('image', 'label'))[:2]
 
 
-def _needs_resize(ds_cfg, d: DatasetInfo) -> bool:
-  """Whether TFDS images must be decoded one by one (a configured size, or varying sizes)."""
+def _decoded_one_by_one(ds_cfg, d: DatasetInfo, source: str) -> bool:
+  """Whether images go through the host transform (a folder; a TFDS dataset with a configured
+  size or crop, or of varying sizes) rather than tf.data's batches."""
+  if source == 'folder':
+    return True
   native = DATASETS[d.name].shape if d.name in DATASETS else None
-  return bool(ds_cfg.image_shape) or native is None or ds_cfg.crop_fraction < 1
-
-
-def _load_folder(ds_cfg, d: DatasetInfo, split: str, start: int, n: int) -> Split:
-  from data import images
-  folder = images.scan_folder(os.path.abspath(ds_cfg.data_dir))
-  paths, labels = folder.files[split], folder.labels[split]
-  end = min(len(paths), start + n) if n else len(paths)
-  strict = not ds_cfg.image_shape
-  x = images.read_all(end - start, lambda i: images.transform(
-      images.open_image(paths[start + i]), d.shape, ds_cfg.crop_fraction,
-      strict_size=paths[start + i] if strict else ''), d.shape)
-  return Split(x, labels[start:end])
+  return source == 'tfds' and (bool(ds_cfg.image_shape) or native is None or
+                               ds_cfg.crop_fraction < 1)
 
 
 def _synthetic(d: DatasetInfo, n: int, seed: int) -> Split:
@@ -312,14 +297,11 @@ def load_split(ds_cfg, split: str) -> Split:
   `dataset.train_size` / `test_size` as a run sees it."""
   d = info(ds_cfg)
   source = resolve_source(ds_cfg)
+  if _decoded_one_by_one(ds_cfg, d, source):  # the streaming reader, every example the run uses
+    from data import streaming
+    return streaming.Examples(ds_cfg, d, split).head()
   start = int(ds_cfg.get('train_offset', 0)) if split == 'train' else 0
   size = ds_cfg.train_size if split == 'train' else ds_cfg.test_size
-  if source == 'folder':  # decodes only the examples the run uses
-    out = _load_folder(ds_cfg, d, split, start, size)
-    if not len(out.labels):
-      raise UserError(f'dataset.train_offset {start} leaves none of the training images; use a '
-                      'smaller offset')
-    return out
   if source == 'synthetic':
     n = int(ds_cfg.synthetic_size)
     out = _synthetic(d, n, 0) if split == 'train' else _synthetic(d, max(1, n // 4), 1)

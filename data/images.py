@@ -17,8 +17,7 @@ import dataclasses
 import functools
 import os
 import struct
-from concurrent import futures
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -205,12 +204,3 @@ def transform(image, shape: tuple[int, int, int], crop_fraction: float = 1.0,
     img = img.resize((w, h), Image.BILINEAR)
   arr = np.asarray(img, np.uint8)
   return arr[..., None] if arr.ndim == 2 else arr
-
-
-def read_all(n: int, load: Callable[[int], np.ndarray], shape, threads: int = 0) -> np.ndarray:
-  """`load(i)` for i < n into one uint8 array (threads: PIL decoding releases the GIL)."""
-  out = np.empty((n, *shape), np.uint8)
-  with futures.ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
-    for i, arr in enumerate(pool.map(load, range(n), chunksize=64)):
-      out[i] = arr
-  return out

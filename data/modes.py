@@ -70,7 +70,7 @@ def augment(config, workdir: str) -> None:
     skip = ()
     preprocess = augment_lib.Preprocess.from_images(train.images[:4096])
   else:
-    rrc = streaming.rrc_setting(config.augment)
+    rrc = augment_lib.resized_crop_setting(config.augment)
     train = streaming.Examples(config.dataset, info, 'train', rrc)
     plain = streaming.Examples(config.dataset, info, 'train')
     # Spread over the split (folders list class by class), reading nothing else.
@@ -81,17 +81,11 @@ def augment(config, workdir: str) -> None:
     skip = augment_lib.HOST_OPS
     preprocess = plain.preprocess(256)
   ops = augment_lib.pipeline(config.augment, skip=skip)
-  fn = jax.jit(lambda k, x: augment_lib.on_pixels(ops, k, x))
-  norm_ops = tuple(op for op in ops if op.normalized)
+  # What the step feeds the net, back in pixels (cutout's zero shows as the mean).
+  fn = jax.jit(lambda k, x: preprocess.to_pixels(augment_lib.apply(ops, k, x, preprocess)))
 
   def draw(d, x):
-    k = jax.random.fold_in(jax.random.key(config.seed), d)
-    y = fn(k, x)
-    if norm_ops:  # cutout and other ops on normalized inputs, shown back in pixels
-      z = preprocess(y)
-      for op in norm_ops:
-        z = op.fn(augment_lib._KEYS[op.name](k), z)
-      y = preprocess.to_pixels(z)
+    y = fn(jax.random.fold_in(jax.random.key(config.seed), d), x)
     return np.asarray(np.clip(np.round(y), 0, 255), np.uint8)
 
   cols = [originals] + [draw(d, x) for d, x in enumerate(inputs)]
@@ -101,7 +95,7 @@ def augment(config, workdir: str) -> None:
   path = os.path.join(workdir, 'augment.png')
   Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
   names = [op.name for op in ops] or ['none']
-  if skip and streaming.rrc_setting(config.augment):
+  if skip and augment_lib.resized_crop_setting(config.augment):
     names = ['resized_crop (host)'] + names
   util.write_json(os.path.join(workdir, 'augment.json'),
                   {'ops': names, 'examples': [int(i) for i in idx], 'draws': draws,

@@ -29,7 +29,13 @@ def _replicate(array: np.ndarray, mesh) -> jax.Array:
 class InMemoryTrain:
   """The training split on every device. Each epoch gets a permutation from
   `fold_in(key, epoch)`, so any step's batch is known without replaying the ones before it
-  (resume is exact) and does not depend on the number of devices."""
+  (resume is exact) and does not depend on the number of devices. Like the streaming source it
+  has `iterator` (None: no reader position to checkpoint), `wait_s` and `close()`."""
+  iterator = None
+  wait_s = 0.0
+
+  def close(self) -> None:
+    pass
 
   def __init__(self, split: Split, batch_size: int, mesh, key: jax.Array):
     self.num_examples = int(split.labels.shape[0])

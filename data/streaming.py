@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+from concurrent import futures
 
 import grain
 import jax
@@ -48,7 +49,7 @@ class Examples:
     elif source == 'tfds':
       self._reader = images.tfds_reader(d.tfds_name or d.name, ds_cfg.data_dir,
                                         d.train_split if split == 'train' else d.test_split)
-      self._keys = datasets._supervised_keys(ds_cfg, d)
+      self._keys = datasets.supervised_keys(ds_cfg, d)
       self._paths, total = None, len(self._reader)
     else:
       raise UserError(f'dataset.pipeline=streaming reads TFDS datasets and image folders; '
@@ -62,24 +63,27 @@ class Examples:
     return self.num_examples
 
   def load(self, i: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, int]:
-    k = self._start + i
+    """Example i; with `rng` (training) cropped by the random-resized crop when it is on."""
+    k, strict = self._start + i, ''
     if self._reader is None:
-      path = self._paths[k]
-      image = images.transform(images.open_image(path), self.shape, self.crop_fraction,
-                               self.rrc if rng is not None else None, rng,
-                               strict_size=path if self._strict and self.rrc is None else '')
-      return image, int(self._labels[k])
-    ex = self._reader[k]
-    image = images.transform(ex[self._keys[0]], self.shape, self.crop_fraction,
-                             self.rrc if rng is not None else None, rng)
-    return image, int(ex[self._keys[1]])
+      raw, label = images.open_image(self._paths[k]), self._labels[k]
+      strict = self._paths[k] if self._strict and rng is None else ''
+    else:
+      ex = self._reader[k]
+      raw, label = ex[self._keys[0]], ex[self._keys[1]]
+    crop = self.rrc if rng is not None else None
+    return images.transform(raw, self.shape, self.crop_fraction, crop, rng, strict), int(label)
 
-  def head(self, n: int) -> datasets.Split:
-    """The first n examples in memory, as evaluated (for small fixed subsets)."""
-    n = min(n, self.num_examples)
-    pairs = [self.load(i) for i in range(n)]
-    return datasets.Split(np.stack([p[0] for p in pairs]),
-                          np.asarray([p[1] for p in pairs], np.int32))
+  def head(self, n: int | None = None) -> datasets.Split:
+    """The first n examples (all by default) in memory, as evaluated; decoded by threads, as
+    PIL releases the GIL while decoding."""
+    n = self.num_examples if n is None else min(n, self.num_examples)
+    images_ = np.empty((n, *self.shape), np.uint8)
+    labels = np.empty(n, np.int32)
+    with futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+      for i, (image, label) in enumerate(pool.map(self.load, range(n), chunksize=64)):
+        images_[i], labels[i] = image, label
+    return datasets.Split(images_, labels)
 
   def preprocess(self, max_examples: int = 2048) -> augment.Preprocess:
     """Per-channel statistics of up to `max_examples` training images spread evenly over the
@@ -215,6 +219,18 @@ class StreamingTrain:
   def batch(self, inputs, step):
     return inputs
 
+  def rate(self, batches: int, warmup: int = 12) -> float:
+    """This process's images/s of the pipeline alone (read, decode, host crop, batch), after
+    `warmup` batches (start-up, and what the buffers filled meanwhile); then back to step 0."""
+    for _ in range(warmup):
+      next(self.iterator)
+    t = time.perf_counter()
+    for _ in range(batches):
+      next(self.iterator)
+    rate = batches * self.order.local / (time.perf_counter() - t)
+    self.seek(0)
+    return rate
+
 
 class StreamingEval:
   """A test split streamed in padded global batches: every example exactly once, all processes
@@ -253,11 +269,3 @@ class StreamingEval:
 
   def batch(self, inputs):
     return inputs
-
-
-def rrc_setting(aug_cfg):
-  """(scale, ratio) of the random-resized crop, or None when off."""
-  if not aug_cfg.rrc_scale:
-    return None
-  return augment._range(aug_cfg.rrc_scale, 'rrc_scale'), augment._range(aug_cfg.rrc_ratio,
-                                                                         'rrc_ratio')

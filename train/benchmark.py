@@ -57,14 +57,8 @@ def run(config, workdir: str, steps: int = 30, warmup: int = 3) -> dict:
                    total_steps=max(steps + warmup, 10) * 10)
   state, key, source = exp.state, exp.step_key, exp.train_source
   pipeline_rate = None
-  if stream:  # the pipeline alone: decode, host crop and batch, once its workers are running
-    for _ in range(12):  # start-up, and the batches buffered meanwhile
-      next(source.iterator)
-    t = time.perf_counter()
-    for _ in range(steps):
-      next(source.iterator)
-    pipeline_rate = steps * source.order.local / (time.perf_counter() - t)
-    source.seek(0)
+  if stream:
+    pipeline_rate = source.rate(steps)
   metrics = steps_lib.empty_metrics(distributed.replicated(exp.mesh))
 
   t0 = time.perf_counter()
@@ -118,8 +112,7 @@ def run(config, workdir: str, steps: int = 30, warmup: int = 3) -> dict:
     jax.block_until_ready(state)
     input_wait = max(0.0, 1.0 - (time.perf_counter() - t) / wall)
 
-  if stream:
-    source.close()
+  source.close()
   peak = matmul_peak_gflops()
   step_s = statistics.median(step_times)
   achieved = flops / (wall / steps) / 1e9

@@ -231,7 +231,7 @@ def restore(exp: Experiment, mngr: ocp.CheckpointManager, meta: dict) -> dict:
   if mngr.latest_step() is None:
     return meta
   items = {'state': ocp.args.StandardRestore(exp.state), 'meta': ocp.args.JsonRestore()}
-  iterator = getattr(exp.train_source, 'iterator', None)
+  iterator = exp.train_source.iterator
   if iterator is not None:  # the streaming pipeline's position, saved with the state
     import grain
     items['data'] = grain.checkpoint.CheckpointRestore(iterator)
@@ -266,6 +266,10 @@ class _Run:
   def elapsed(self) -> float:
     return self.time_base + time.time() - self.t_start
 
+  def input_wait(self) -> float:
+    """Host seconds blocked on the streaming pipeline, over every session of the run."""
+    return self.wait_base + self.exp.train_source.wait_s
+
   def check_finite(self) -> None:
     bad = int(self.exp.state.nonfinite_step)
     if bad >= 0:
@@ -280,9 +284,9 @@ class _Run:
   def save(self, step: int) -> None:
     self.check_finite()
     self.meta['train_time_s'] = self.elapsed()
-    self.meta['input_wait_s'] = self.wait_base + getattr(self.exp.train_source, 'wait_s', 0.0)
+    self.meta['input_wait_s'] = self.input_wait()
     items = {'state': ocp.args.StandardSave(self.exp.state), 'meta': ocp.args.JsonSave(self.meta)}
-    iterator = getattr(self.exp.train_source, 'iterator', None)
+    iterator = self.exp.train_source.iterator
     if iterator is not None:
       import grain
       items['data'] = grain.checkpoint.CheckpointSave(iterator)
@@ -377,8 +381,7 @@ def results_dict(run: _Run) -> dict:
       'compile_time_s': round(meta['compile_time_s'], 2),
       # Host time blocked on the streaming pipeline over training time: an upper bound of the
       # device's input wait (steps run asynchronously while the host waits). 0 in memory.
-      'input_wait_fraction': round((run.wait_base + getattr(exp.train_source, 'wait_s', 0.0))
-                                   / max(meta['train_seconds'], 1e-9), 4),
+      'input_wait_fraction': round(run.input_wait() / max(meta['train_seconds'], 1e-9), 4),
       'steps': exp.total_steps,
       'epochs': round(exp.total_steps / exp.steps_per_epoch, 3),
       'num_devices': jax.device_count(),
@@ -442,7 +445,7 @@ def load_data(config, info: datasets.DatasetInfo):
     train = datasets.load_split(config.dataset, 'train')
     return (train, datasets.load_split(config.dataset, 'test'),
             augment.Preprocess.from_images(train.images))
-  train = streaming.Examples(config.dataset, info, 'train', streaming.rrc_setting(config.augment))
+  train = streaming.Examples(config.dataset, info, 'train', augment.resized_crop_setting(config.augment))
   return train, streaming.Examples(config.dataset, info, 'test'), train.preprocess()
 
 
@@ -485,8 +488,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, wrap_tx=
   if step >= exp.total_steps and os.path.exists(results_path):
     logging.info('Run already complete at step %d; results in %s', step, results_path)
     mngr.close()
-    if hasattr(exp.train_source, 'close'):
-      exp.train_source.close()
+    exp.train_source.close()
     with open(results_path) as f:
       return json.load(f)
   while step < exp.total_steps:
@@ -499,8 +501,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, wrap_tx=
     run.save(exp.total_steps)
   mngr.wait_until_finished()
   mngr.close()
-  if hasattr(exp.train_source, 'close'):
-    exp.train_source.close()
+  exp.train_source.close()
   results = results_dict(run)
   if main_proc:
     util.write_json(results_path, results)
