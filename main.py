@@ -2,7 +2,7 @@
 
 Flags and dispatch only: each mode is a function of (config, workdir) in its package, and a
 mode's own flags are declared there (train/modes.py, data/modes.py, sweeps/modes.py,
-analysis/modes.py, compress/modes.py).
+analysis/modes.py, compress/modes.py, gan/modes.py).
 """
 
 import os
@@ -20,6 +20,7 @@ from analysis import modes as analysis_modes  # noqa: E402
 from compress import modes as compress_modes  # noqa: E402
 from data import modes as data_modes  # noqa: E402
 from errors import UserError  # noqa: E402
+from gan import modes as gan_modes  # noqa: E402
 from sweeps import modes as sweep_modes  # noqa: E402
 from train import modes as train_modes  # noqa: E402
 
@@ -33,6 +34,7 @@ MODES = {
     'explain': (analysis_modes.explain, False, True),
     'attack': (analysis_modes.attack, False, True),
     'compress': (compress_modes.compress, False, True),
+    'gan': (gan_modes.gan, True, True),
     'sweep': (sweep_modes.sweep, True, False),
     'report': (sweep_modes.report, False, False),
 }

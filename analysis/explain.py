@@ -455,20 +455,9 @@ def topk_intersection(a: np.ndarray, b: np.ndarray, fraction: float = 0.1) -> fl
 
 
 def module_order(net: Net, variables, example_shape) -> list[str]:
-  """The top-level modules holding parameters, in the order the forward pass calls them
-  (parameter dicts may come back from a checkpoint sorted by name: ConvNormAct_10 before _2)."""
-  order = []
-
-  def interceptor(next_fun, args, kwargs, context):
-    path = context.module.path
-    if len(path) == 1 and path[0] in variables['params'] and path[0] not in order:
-      order.append(path[0])
-    return next_fun(*args, **kwargs)
-
-  x = jax.ShapeDtypeStruct((1, *example_shape), jnp.float32)
-  with nn.intercept_methods(interceptor):
-    jax.eval_shape(net.logits, variables, x)
-  return order + [n for n in variables['params'] if n not in order]
+  """The top-level modules holding parameters, in forward order (models/summary.layer_order)."""
+  from models import summary
+  return summary.layer_order(net.model, variables, example_shape)
 
 
 def cascading_randomization(variables, random_variables,

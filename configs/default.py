@@ -23,6 +23,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'train_size': 0,         # use N training examples (0 = all from train_offset on)
       'train_offset': 0,       # skip the first N training examples (disjoint runs, shadow models)
       'test_size': 0,          # use the first N test examples (0 = all)
+      # Subsets (in memory, after train_size/offset): classes '5-9' or '0,2,4' keeps those,
+      # relabelled 0.. in that order (train and test); per_class N keeps the first N training
+      # examples of each class; extra_train adds an .npz of uint8 images + labels (the
+      # W/gan/samples.npz of --mode=gan), its first extra_per_class of each class (0 = all).
+      'classes': '',
+      'per_class': 0,
+      'extra_train': '',
+      'extra_per_class': 0,
       # Example shape: images are resized to it when set ('' = the dataset's own; synthetic:
       # 32,32,3; any rank for synthetic: '128,4' is 1-D).
       'image_shape': '',
@@ -93,6 +101,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'teacher': '',           # the teacher's workdir ('' = off)
       'temperature': 4.0,
       'weight': 0.9,           # of the soft-target term
+  })
+  # Transfer (train/transfer.py): start from a trained run's layers whose names and shapes
+  # match (the head is re-initialized when the class count differs); layer lists are names,
+  # patterns (Block_*), head, body or first:K.
+  c.init_from = ''             # the source run's workdir ('' = train from scratch)
+  c.init_from_step = -1        # its checkpoint step (-1 = the latest)
+  c.finetune = ml_collections.ConfigDict({
+      'reinit': '',            # layers re-initialized although the source has them
+      'freeze': '',            # layers never updated (body = feature extraction)
+      'freeze_batch_stats': False,  # frozen layers also keep their BN running statistics
+      'lr_multipliers': '',    # LAYERS=FACTOR,..., e.g. 'head=10,body=0.1' (first match wins)
+      'eval_source': False,    # evaluate the source task too (forgetting), with its own head
+      'progressive': False,    # Rusu et al.: a new column with laterals from the frozen source
   })
   # int8 quantization-aware training through qwix (fake-quantized weights and activations,
   # straight-through gradients); --mode=compress's int8 stage then converts the run.

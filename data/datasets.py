@@ -63,8 +63,12 @@ class Split:
 
 
 def info(ds_cfg) -> DatasetInfo:
-  """The dataset's example shape and class count (synthetic: from the config); also checks
-  the dataset settings that need no data."""
+  """The dataset's example shape and class count as a run sees it (synthetic: from the config;
+  `dataset.classes` keeps a subset); also checks the dataset settings that need no data."""
+  return _subset_info(ds_cfg, _raw_info(ds_cfg))
+
+
+def _raw_info(ds_cfg) -> DatasetInfo:
   for key in ('train_size', 'test_size', 'train_offset'):
     if ds_cfg[key] < 0:
       raise UserError(f'dataset.{key} must be >= 0, got {ds_cfg[key]}')
@@ -164,11 +168,20 @@ def pipeline(ds_cfg, d: DatasetInfo | None = None) -> str:
     raise UserError(f'dataset.pipeline=streaming reads TFDS datasets and image folders; {d.name} '
                     f'comes from {source} data, use pipeline=memory')
   if ds_cfg.pipeline != 'auto':
-    return ds_cfg.pipeline
-  if source in ('idx', 'synthetic'):
-    return 'memory'
-  size_mb = num_train(ds_cfg, d) * int(np.prod(d.shape)) / 2 ** 20
-  return 'memory' if size_mb <= ds_cfg.memory_limit_mb else 'streaming'
+    chosen = ds_cfg.pipeline
+  elif source in ('idx', 'synthetic'):
+    chosen = 'memory'
+  else:
+    size_mb = num_train(ds_cfg, d) * int(np.prod(d.shape)) / 2 ** 20
+    chosen = 'memory' if size_mb <= ds_cfg.memory_limit_mb else 'streaming'
+  subset = [k for k in SUBSET_KEYS if ds_cfg.get(k, '')]
+  if chosen == 'streaming' and subset:
+    raise UserError(f'dataset.{subset[0]} selects examples in memory; it needs '
+                    '--config.dataset.pipeline=memory (the selected examples must fit in memory)')
+  return chosen
+
+
+SUBSET_KEYS = ('classes', 'per_class', 'extra_train')
 
 
 def _find_idx(directory: str, stem: str) -> Optional[str]:
@@ -292,10 +305,103 @@ def _synthetic(d: DatasetInfo, n: int, seed: int) -> Split:
   return Split(np.clip(protos[labels] + noise, 0, 255).astype(np.uint8), labels)
 
 
+def parse_classes(text: str) -> list[int]:
+  """'5-9' or '0,2,4' or '0-2,7' -> the class ids in that order ('' = [])."""
+  out = []
+  for item in (s.strip() for s in str(text).split(',') if s.strip()):
+    try:
+      lo, _, hi = item.partition('-')
+      out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    except ValueError:
+      raise UserError(f"dataset.classes must be class ids and ranges like '5-9' or '0,2,4', got "
+                      f'{text!r}') from None
+  return out
+
+
+def _classes(ds_cfg, num_classes: int) -> list[int]:
+  ids = parse_classes(ds_cfg.get('classes', ''))
+  if not ids:
+    return []
+  if len(set(ids)) != len(ids) or len(ids) < 2 or min(ids) < 0 or max(ids) >= num_classes:
+    raise UserError(f'dataset.classes {ds_cfg.classes!r} must name at least 2 distinct classes of '
+                    f'0-{num_classes - 1}')
+  return ids
+
+
+def _subset_info(ds_cfg, d: DatasetInfo) -> DatasetInfo:
+  """`dataset.classes` keeps a subset of the classes, relabelled 0.. in the order given."""
+  if ds_cfg.get('per_class', 0) < 0 or ds_cfg.get('extra_per_class', 0) < 0:
+    raise UserError('dataset.per_class and dataset.extra_per_class must be >= 0')
+  ids = _classes(ds_cfg, d.num_classes)
+  if not ids:
+    return d
+  names = tuple(d.class_names[i] for i in ids) if d.class_names else ()
+  return dataclasses.replace(d, num_classes=len(ids), class_names=names)
+
+
+def _select(ds_cfg, split: str, out: Split, num_classes: int) -> Split:
+  """The class subset (relabelled), the first `per_class` training examples of each class, and
+  the extra (generated) training examples of `dataset.extra_train`, in that order."""
+  ids = _classes(ds_cfg, num_classes)
+  if ids:
+    keep = np.isin(out.labels, ids)
+    relabel = np.full(num_classes, -1, np.int32)
+    relabel[ids] = np.arange(len(ids), dtype=np.int32)
+    out = Split(out.images[keep], relabel[out.labels[keep]])
+  if split != 'train':
+    return out
+  if ds_cfg.get('per_class', 0):
+    out = _per_class(out, int(ds_cfg.per_class))
+  if ds_cfg.get('extra_train', ''):
+    extra = load_extra(ds_cfg.extra_train, out.images.shape[1:], len(ids) or num_classes)
+    if ds_cfg.get('extra_per_class', 0):
+      extra = _per_class(extra, int(ds_cfg.extra_per_class), 'dataset.extra_per_class',
+                         ds_cfg.extra_train)
+    out = Split(np.concatenate([out.images, extra.images]),
+                np.concatenate([out.labels, extra.labels]))
+  return out
+
+
+def _per_class(split: Split, n: int, key: str = 'dataset.per_class', where: str = '') -> Split:
+  """The first `n` examples of every class, in the split's order (so every method and seed of a
+  study sees the same examples)."""
+  idx = np.concatenate([np.flatnonzero(split.labels == c)[:n] for c in np.unique(split.labels)])
+  counts = np.bincount(split.labels[idx])
+  if counts.min() < n:
+    raise UserError(f'{key}={n} but class {int(counts.argmin())} has only {int(counts.min())} '
+                    f'examples{" in " + where if where else ""}; use a smaller {key}')
+  idx.sort()
+  return Split(split.images[idx], split.labels[idx])
+
+
+def load_extra(path: str, shape, num_classes: int) -> Split:
+  """Extra training examples from an .npz with uint8 `images` (N, *shape) and int `labels`
+  (what --mode=gan writes to W/gan/samples.npz)."""
+  try:
+    with np.load(path) as f:
+      images, labels = f['images'], f['labels'].astype(np.int32)
+  except (OSError, KeyError, ValueError) as e:
+    raise UserError(f'dataset.extra_train {path}: cannot read images and labels from it ({e}); '
+                    'pass an .npz like the W/gan/samples.npz that --mode=gan writes') from None
+  top = int(labels.max()) if len(labels) else 0
+  if images.dtype != np.uint8 or tuple(images.shape[1:]) != tuple(shape) or \
+      len(labels) != len(images) or (len(labels) and (labels.min() < 0 or top >= num_classes)):
+    raise UserError(f'dataset.extra_train {path} holds {images.dtype} images of shape '
+                    f'{tuple(images.shape[1:])} with labels up to {top}; the run needs uint8 '
+                    f'{tuple(shape)} with labels 0-{num_classes - 1}')
+  return Split(images, labels)
+
+
 def load_split(ds_cfg, split: str) -> Split:
-  """One split ('train' or 'test') in host memory, uint8 images and int32 labels, cut to
-  `dataset.train_size` / `test_size` as a run sees it."""
-  d = info(ds_cfg)
+  """One split ('train' or 'test') in host memory, uint8 images and int32 labels, as a run sees
+  it: cut to `dataset.train_size` / `test_size`, then the class subset, `per_class` and the
+  extra training examples (`_select`)."""
+  d = _raw_info(ds_cfg)
+  info(ds_cfg)  # checks the subset settings
+  return _select(ds_cfg, split, _load_split(ds_cfg, split, d), d.num_classes)
+
+
+def _load_split(ds_cfg, split: str, d: DatasetInfo) -> Split:
   source = resolve_source(ds_cfg)
   if _decoded_one_by_one(ds_cfg, d, source):  # the streaming reader, every example the run uses
     from data import streaming
@@ -333,4 +439,8 @@ def identity(ds_cfg, d: DatasetInfo, num_train: int, num_test: int) -> dict:
           'train_size': int(ds_cfg.train_size), 'test_size': int(ds_cfg.test_size),
           'train_offset': int(ds_cfg.get('train_offset', 0)),
           'pipeline': pipeline(ds_cfg, d), 'class_names': list(d.class_names),
+          'classes': parse_classes(ds_cfg.get('classes', '')),
+          'per_class': int(ds_cfg.get('per_class', 0)),
+          'extra_train': os.path.abspath(ds_cfg.extra_train) if ds_cfg.get('extra_train') else '',
+          'extra_per_class': int(ds_cfg.get('extra_per_class', 0)),
           'data_dir': os.path.abspath(ds_cfg.data_dir) if ds_cfg.data_dir else ''}

@@ -30,6 +30,24 @@ def count_params(params) -> int:
   return int(sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
 
 
+def layer_order(model: nn.Module, variables, input_shape: Sequence[int]) -> list[str]:
+  """The top-level modules holding parameters, in the order the forward pass calls them
+  (parameter dicts may come back from a checkpoint sorted by name: ConvNormAct_10 before _2).
+  The last one is the classifier head."""
+  order = []
+
+  def interceptor(next_fun, args, kwargs, context):
+    path = context.module.path
+    if len(path) == 1 and path[0] in variables['params'] and path[0] not in order:
+      order.append(path[0])
+    return next_fun(*args, **kwargs)
+
+  x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+  with nn.intercept_methods(interceptor):
+    jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+  return order + [n for n in variables['params'] if n not in order]
+
+
 def _variables(model: nn.Module, input_shape: Sequence[int]):
   x = jnp.zeros((1, *input_shape), jnp.float32)
   return jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))

@@ -31,11 +31,11 @@ def overrides(**changes) -> list[str]:
 
 
 def run_main(args: list[str], devices: int = 1, timeout: float = 300, env_extra=None,
-             check: bool = True) -> subprocess.CompletedProcess:
+             check: bool = True, config: str = 'configs/default.py') -> subprocess.CompletedProcess:
   env = dict(os.environ)
   env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
   env.update(env_extra or {})
-  proc = subprocess.run([sys.executable, 'main.py', '--config=configs/default.py', *args],
+  proc = subprocess.run([sys.executable, 'main.py', f'--config={config}', *args],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
   if check and proc.returncode != 0:
     raise AssertionError(f'main.py failed ({proc.returncode}):\n{proc.stderr[-4000:]}')

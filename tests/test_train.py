@@ -32,7 +32,8 @@ def test_config_argument_sets_fields_and_rejects_unknown_keys():
 # quotes these); a new config file gets a line here.
 SHIPPED_CONFIGS = {'default.py': 311_210, 'simplenet_cifar10.py': 5_498_378,
                    'fashion_mnist_fast.py': 292_298, 'imagenet_resnet50.py': 25_557_032,
-                   'imagenet_simplenet.py': 5_752_808}
+                   'imagenet_simplenet.py': 5_752_808,
+                   'dcgan_fashion_mnist.py': 841_025 + 149_057}  # generator + discriminator
 
 
 def test_shipped_configs_validate_and_build_their_documented_models(tmp_path):
@@ -49,6 +50,14 @@ def test_shipped_configs_validate_and_build_their_documented_models(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     c = module.get_config()
+    if c.model.name == 'dcgan':  # --mode=gan: its networks, counted at the data's shape
+      from data import datasets
+      from gan import train
+      gan = train.Gan(c, datasets.info(c.dataset).shape, 10)
+      state = jax.eval_shape(gan.init, jax.random.key(0))
+      assert count_params(state.g['params']) + count_params(state.d['params']) == \
+          SHIPPED_CONFIGS[name]
+      continue
     info = loop.validate(c, str(tmp_path / name), need_data=False)
     model = models.create(c.model, info.num_classes)
     x = jax.numpy.zeros((1, *info.shape))

@@ -19,7 +19,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-import models
 from data import augment, datasets
 from errors import UserError
 from kernels import convolutions as convolutions_lib
@@ -40,7 +39,12 @@ ADDED_KEYS = {'augment.cutout': 0, 'ema_decay': 0.0, 'eval_flip_tta': False,
               'augment.rrc_ratio': '0.75,1.3333', 'augment.rotate': 0.0, 'augment.scale': 0.0,
               'augment.brightness': 0.0, 'augment.contrast': 0.0, 'augment.saturation': 0.0,
               'augment.color_cast': 0.0, 'augment.vignetting': 0.0,
-              'augment.lens_distortion': 0.0, 'schedule.decay_epochs': 1.0}
+              'augment.lens_distortion': 0.0, 'schedule.decay_epochs': 1.0,
+              'dataset.classes': '', 'dataset.per_class': 0, 'dataset.extra_train': '',
+              'dataset.extra_per_class': 0, 'init_from': '', 'init_from_step': -1,
+              'finetune.reinit': '', 'finetune.freeze': '', 'finetune.freeze_batch_stats': False,
+              'finetune.lr_multipliers': '', 'finetune.eval_source': False,
+              'finetune.progressive': False}
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -158,7 +162,8 @@ def load_run(workdir: str, step: int | None = None) -> Run:
     preprocess = augment.Preprocess.from_images(train.images)
     dataset = datasets.identity(config.dataset, info, len(train.labels), -1)
   convs = convolutions_lib.select(config.conv_impl, config.conv_algorithm)
-  model = models.create(config.model, info.num_classes, config.dtype, convolutions=convs)
+  from train import transfer
+  model = transfer.build(config, info.num_classes, config.dtype, convolutions=convs)
   state = load_checkpoint(workdir, step)
   uses_ema = bool(jax.tree_util.tree_leaves(state.get('ema_params', {})))
   variables = {'params': state['ema_params'] if uses_ema else state['params'],

@@ -29,7 +29,7 @@ from errors import NonFiniteLossError, UserError
 from kernels import convolutions as convolutions_lib
 from kernels import runtime
 from models import summary
-from train import checkpoints, distributed, optim, steps
+from train import checkpoints, distributed, optim, steps, transfer
 
 # Settings that may change when an existing run is resumed (extend it, change cadence).
 RESUMABLE_CHANGES = ('num_epochs', 'num_train_steps', 'log_every_steps', 'eval_every_epochs',
@@ -80,6 +80,7 @@ def validate(config: ml_collections.ConfigDict, workdir: str,
   models.create(config.model, info.num_classes, steps.DTYPES[config.dtype])  # resolves every knob
   from compress import distill
   distill.check(config.distill, info.shape, info.num_classes)
+  transfer.check(config, info)
   optim.check(config)
   if need_data:
     datasets.resolve_source(config.dataset)  # missing data fails here, with what to install
@@ -154,6 +155,9 @@ class Experiment:
   steps_per_epoch: int
   total_steps: int
   num_params: int
+  factors: dict       # learning-rate factor of every layer (0 = frozen)
+  init_record: Any    # results.json's init_from (None when training from scratch)
+  source_task: Any    # transfer.SourceTask when the source task is evaluated, else None
 
 
 def evaluator(config, test, model, preprocess: augment.Preprocess, mesh,
@@ -171,12 +175,13 @@ def evaluator(config, test, model, preprocess: augment.Preprocess, mesh,
 
 def setup(config, train, test, info: datasets.DatasetInfo,
           preprocess: augment.Preprocess, total_steps: int | None = None,
-          wrap_tx=None, init_variables: dict | None = None) -> Experiment:
+          wrap_tx=None, init_variables: dict | None = None, source=None) -> Experiment:
   """Mesh, data sources, model, optimizer, initial state and the jitted steps of a run.
 
   `train` and `test` are Splits in memory or streaming.Examples (test may be None);
   `wrap_tx(tx)` replaces the run's optimizer by a wrapper of it (compress/: pruning masks,
-  shared weights); `init_variables` starts from given weights instead of the initializers."""
+  shared weights); `init_variables` starts from given weights instead of the initializers;
+  `source` (a checkpoints.Run) is the run `init_from` names."""
   from compress import distill
   teacher = distill.load_teacher(config.distill, info.shape, info.num_classes)
   mesh = distributed.mesh()
@@ -197,15 +202,29 @@ def setup(config, train, test, info: datasets.DatasetInfo,
     model = int8.qat_model(models.create(config.model, info.num_classes,
                                          steps.DTYPES[config.dtype]))
   else:
-    model = models.create(config.model, info.num_classes, steps.DTYPES[config.dtype],
-                          convolutions=convs)
-  tx = optim.create(config, spe, total)
+    model = transfer.build(config, info.num_classes, steps.DTYPES[config.dtype],
+                           convolutions=convs)
+  init_record = None
+  if source is not None and init_variables is None:
+    this = datasets.identity(config.dataset, info, len(train), len(test) if test else 0)
+    init_variables, init_record = transfer.initial_variables(config, model, info.shape,
+                                                             init_key, source, this)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.numpy.zeros(
+      (1, *info.shape)), train=False))
+  factors = transfer.layer_factors(config, summary.layer_order(model, shapes, info.shape))
+  tx = optim.create(config, spe, total, *transfer.optimizer_groups(factors))
   if wrap_tx is not None:
     tx = wrap_tx(tx)
   state = steps.create_train_state(model, tx, info.shape, init_key, rep,
                                    ema=config.ema_decay > 0, variables=init_variables)
+  frozen = [n for n, v in factors.items() if v == 0]
+  keep_stats = (transfer.stats_mask(frozen, state.batch_stats)
+                if frozen and config.finetune.freeze_batch_stats else None)
   train_step = steps.make_train_step(model, tx, config, train_source, preprocess, mesh,
-                                     convs.compiler_options(), teacher=teacher)
+                                     convs.compiler_options(), teacher=teacher,
+                                     keep_stats=keep_stats)
+  source_task = (transfer.source_task(config, source, preprocess, mesh, convs)
+                 if source is not None and config.finetune.eval_source else None)
   eval_source, eval_step = (evaluator(config, test, model, preprocess, mesh, convs) if test
                             else (None, None))
   robust_source = robust_step = None
@@ -223,7 +242,8 @@ def setup(config, train, test, info: datasets.DatasetInfo,
                     robust_step=robust_step, teacher=teacher,
                     step_args=(distributed.replicate_tree(teacher.variables, mesh),)
                     if teacher else (), steps_per_epoch=spe, total_steps=total,
-                    num_params=summary.count_params(state.params))
+                    num_params=summary.count_params(state.params), factors=factors,
+                    init_record=init_record, source_task=source_task)
 
 
 def restore(exp: Experiment, mngr: ocp.CheckpointManager, meta: dict) -> dict:
@@ -357,6 +377,11 @@ def evaluate_now(run: _Run, step: int) -> dict[str, float]:
     entry['test_robust_accuracy'] = rv['accuracy']
     scalars['test/robust_accuracy'] = rv['accuracy']
     robust = f'  robust acc {100 * rv["accuracy"]:.2f}% (PGD, first {exp.robust_source.num_examples})'
+  if exp.source_task:
+    sv = evaluate_source(exp)
+    entry['source_test_accuracy'] = sv['accuracy']
+    scalars['source/accuracy'] = sv['accuracy']
+    robust += f'  source task acc {100 * sv["accuracy"]:.2f}%'
   run.meta['history'].append(entry)
   if run.writer:
     logging.info('eval  epoch %.2f  test loss %.4f  test acc %.2f%%%s', epoch, ev['loss'],
@@ -364,6 +389,27 @@ def evaluate_now(run: _Run, step: int) -> dict[str, float]:
     run.writer.write_scalars(step, scalars)
     run.writer.flush()
   return ev
+
+
+def evaluate_source(exp: Experiment) -> dict[str, float]:
+  """The current network on the source run's task, through the source run's head."""
+  t = exp.source_task
+  variables = transfer.source_variables(exp.config, exp.state.inference_variables(), t.source)
+  return steps.evaluate(t.eval_step, variables, t.eval_source)
+
+
+def finetune_record(run: _Run) -> dict | None:
+  """results.json's `init_from`: the source, what was loaded and re-initialized, and the
+  source task's accuracy before and after (when evaluated)."""
+  exp = run.exp
+  if exp.init_record is None and 'init_from' not in run.meta:
+    return None
+  record = dict(run.meta.get('init_from') or exp.init_record)
+  hist = [h['source_test_accuracy'] for h in run.meta['history'] if 'source_test_accuracy' in h]
+  if hist:
+    record['source_test_accuracy'] = hist[-1]
+    record['forgetting'] = record['source_test_accuracy_before'] - hist[-1]
+  return record
 
 
 def results_dict(run: _Run) -> dict:
@@ -401,6 +447,12 @@ def results_dict(run: _Run) -> dict:
                   'temperature': exp.config.distill.temperature,
                   'weight': exp.config.distill.weight} if exp.teacher else None,
       'int8_qat': bool(exp.config.int8_qat),
+      'init_from': finetune_record(run),
+      'finetune': {'frozen': [n for n, v in exp.factors.items() if v == 0],
+                   'lr_multipliers': {n: v for n, v in exp.factors.items() if v not in (0, 1)},
+                   'trainable_params': transfer.num_trainable(exp.state.params, exp.factors),
+                   'freeze_batch_stats': bool(exp.config.finetune.freeze_batch_stats),
+                   'progressive': bool(exp.config.finetune.progressive)},
       'history': history,
       'train_log': meta['train_log'],  # [step, mean loss, accuracy] over each log interval
       'config': json.loads(exp.config.to_json()),
@@ -425,7 +477,12 @@ def plot_curves(results: dict, path: str) -> None:
   hist, log = results['history'], results['train_log']
   steps_per_epoch = results['steps'] / results['epochs']
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-  ax1.plot([h['epoch'] for h in hist], [100 * h['test_accuracy'] for h in hist], 'o-')
+  ax1.plot([h['epoch'] for h in hist], [100 * h['test_accuracy'] for h in hist], 'o-',
+           label='test')
+  if any('source_test_accuracy' in h for h in hist):  # fine-tuning: the source task too
+    ax1.plot([h['epoch'] for h in hist], [100 * h['source_test_accuracy'] for h in hist], 's--',
+             label='source task (its head)')
+    ax1.legend()
   ax1.set(xlabel='epoch', ylabel='test accuracy (%)',
           title=f"{results['config']['model']['name']}: {100 * (results['test_accuracy'] or 0):.2f}%"
                 f" in {results['train_time_s'] / 60:.1f} min")
@@ -463,12 +520,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, wrap_tx=
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json(indent=2))
   train, test, preprocess = load_data(config, info)
+  source = transfer.load_source(config)
+  if source is not None:  # the loaded filters expect the source's input scale
+    preprocess = source.preprocess
   exp = setup(config, train, test, info, preprocess, wrap_tx=wrap_tx,
-              init_variables=init_variables)
+              init_variables=init_variables, source=source)
   meta = {'history': [], 'train_log': [], 'train_time_s': 0.0, 'train_images': 0,
           'train_seconds': 0.0, 'compile_time_s': 0.0}
   mngr = checkpoints.manager(workdir, config.keep_checkpoints)
   meta = restore(exp, mngr, meta)
+  if exp.init_record is not None and 'init_from' not in meta:  # a new fine-tuning run
+    meta['init_from'] = dict(exp.init_record)
+    if exp.source_task:
+      meta['init_from']['source_test_accuracy_before'] = evaluate_source(exp)['accuracy']
+    logging.info(transfer.summary_line(meta['init_from'], exp.factors))
   # Recorded with every checkpoint, so load_run needs no training data.
   meta['run'] = checkpoints.run_info(preprocess, datasets.identity(
       config.dataset, info, len(train), len(test)))

@@ -68,17 +68,31 @@ def _kernel_mask(params):
   return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
 
 
-def create(config, steps_per_epoch: int, total_steps: int) -> optax.GradientTransformation:
+def create(config, steps_per_epoch: int, total_steps: int, groups=None,
+           multipliers: dict[str, float] | None = None) -> optax.GradientTransformation:
+  """The run's optimizer. With `groups` (params -> a tree of group names) and `multipliers`
+  ({group: factor}), each group's updates are scaled by its factor through optax's
+  multi_transform, and a group of factor 0 is frozen (its updates are exactly zero, so its
+  parameters never change). Gradient clipping sees the whole gradient, before the groups."""
+  o = config.optimizer
+  parts = [optax.clip_by_global_norm(o.grad_clip_norm)] if o.grad_clip_norm > 0 else []
+  rule = lambda: _update_rule(config, steps_per_epoch, total_steps)
+  if groups is None:  # one flat chain: the optimizer state of runs saved before groups existed
+    return optax.chain(*parts, *rule())
+  rules = {g: optax.set_to_zero() if m == 0 else
+           optax.chain(*rule(), *([optax.scale(m)] if m != 1 else []))
+           for g, m in multipliers.items()}
+  return optax.chain(*parts, optax.multi_transform(rules, groups))
+
+
+def _update_rule(config, steps_per_epoch: int, total_steps: int) -> list:
+  """Weight decay and the optimizer's update with its learning-rate schedule, as chain parts."""
   o = config.optimizer
   lr = learning_rate_schedule(config, steps_per_epoch, total_steps)
   mask = None if o.weight_decay_on == 'all' else _kernel_mask
-  parts = []
-  if o.grad_clip_norm > 0:
-    parts.append(optax.clip_by_global_norm(o.grad_clip_norm))
   if o.name == 'adamw':
-    parts.append(optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-                             mask=mask))
-    return optax.chain(*parts)
+    return [optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=mask)]
+  parts = []
   if o.weight_decay > 0:  # coupled L2, as PyTorch's weight_decay argument does
     parts.append(optax.add_decayed_weights(o.weight_decay, mask=mask))
   if o.name == 'sgd':
@@ -93,4 +107,4 @@ def create(config, steps_per_epoch: int, total_steps: int) -> optax.GradientTran
     # TensorFlow's RMSProp (timm's rmsproptf): squared average starts at 1, eps inside the sqrt.
     parts.append(optax.rmsprop(lr, decay=o.rho, eps=o.eps, initial_scale=1.0, eps_in_sqrt=True,
                                momentum=o.momentum or None))
-  return optax.chain(*parts)
+  return parts

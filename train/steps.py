@@ -95,11 +95,12 @@ def empty_metrics(sharding) -> Metrics:
 
 
 def make_train_step(model, tx, config, source, preprocess: augment_lib.Preprocess, mesh,
-                    compiler_options: dict | None = None, teacher=None):
+                    compiler_options: dict | None = None, teacher=None, keep_stats=None):
   """The jitted step `(state, metrics, inputs, key_data, *extra) -> (state, metrics)`, where
   `inputs` is `source.step_inputs(step)` and `extra` is `(teacher variables,)` when distilling
-  from `teacher` (compress/distill.py), else empty. Its key is an argument, so runs that differ
-  only in seed share one compiled (and persistently cached) executable."""
+  from `teacher` (compress/distill.py), else empty; `keep_stats` (a tree of bools like the batch
+  statistics) marks running statistics the step leaves unchanged. Its key is an argument, so
+  runs that differ only in seed share one compiled (and persistently cached) executable."""
   rep = distributed.replicated(mesh)
   ops = augment_lib.pipeline(config.augment, skip=getattr(source, 'host_ops', ()))
   adv = config.adversarial
@@ -154,6 +155,9 @@ def make_train_step(model, tx, config, source, preprocess: augment_lib.Preproces
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if keep_stats is not None:  # frozen layers keep their running statistics
+      batch_stats = jax.tree_util.tree_map(lambda k, new, old: old if k else new, keep_stats,
+                                           batch_stats, state.batch_stats)
     ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
     keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
     ema = config.ema_decay

@@ -1,0 +1,348 @@
+"""Learning from another run: initialization from a trained run (`init_from`), frozen layers and
+per-layer learning rates (`finetune.freeze`, `finetune.lr_multipliers`), the source task
+evaluated while fine-tuning (forgetting, `finetune.eval_source`), and progressive networks
+(Rusu et al. 2016, `finetune.progressive`).
+
+Layers are a model's top-level modules holding parameters, named as Flax names them
+(`ConvNormAct_0`, `Block_3`, `Dense_0`; `--mode=summary` lists them), in forward order; the last
+one is the head. A layer list (`finetune.reinit`, `finetune.freeze`, the patterns of
+`lr_multipliers`) is comma-separated names or shell patterns (`Block_*`), or `head` (the last
+layer), `body` (all but the head) or `first:K` (the first K layers: a prefix of the network).
+
+A fine-tuned run normalizes its inputs as its source did (the loaded filters were trained on
+that scale). Frozen layers get exactly zero updates; their batch-norm running statistics keep
+tracking the new data in train mode (as a PyTorch layer with requires_grad=False does) unless
+`finetune.freeze_batch_stats`, which keeps them bit for bit too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import models
+from errors import UserError
+
+# --------------------------------------------------------------------------- layer lists
+
+
+def select(spec: str, order: list[str], key: str) -> list[str]:
+  """The layers of `order` that the layer list `spec` names (see the module docstring)."""
+  chosen: list[str] = []
+  for item in (s.strip() for s in str(spec).split(',') if s.strip()):
+    if item == 'head':
+      found = order[-1:]
+    elif item == 'body':
+      found = order[:-1]
+    elif item.startswith('first:'):
+      try:
+        k = int(item[len('first:'):])
+      except ValueError:
+        k = -1
+      if not 0 < k <= len(order):
+        raise UserError(f'{key}: {item!r} needs 1 <= K <= {len(order)} (the model has '
+                        f'{len(order)} layers)')
+      found = order[:k]
+    else:
+      found = [n for n in order if fnmatch.fnmatchcase(n, item)]
+    if not found:
+      raise UserError(f'{key}: {item!r} matches no layer; the layers are {", ".join(order)} '
+                      '(or head, body, first:K)')
+    chosen += [n for n in found if n not in chosen]
+  return chosen
+
+
+def parse_multipliers(text: str) -> list[tuple[str, float]]:
+  """'head=10,Block_*=0.1' -> [(pattern, factor)], factors >= 0 (0 = frozen)."""
+  out = []
+  for item in (s.strip() for s in str(text).split(',') if s.strip()):
+    pattern, _, value = item.partition('=')
+    try:
+      factor = float(value)
+    except ValueError:
+      factor = -1.0
+    if not pattern or factor < 0:
+      raise UserError('finetune.lr_multipliers must be LAYERS=FACTOR items like '
+                      "'head=10,body=0.1' "
+                      f'with factors >= 0, got {item!r}')
+    out.append((pattern.strip(), factor))
+  return out
+
+
+def layer_factors(config, order: list[str]) -> dict[str, float]:
+  """Learning-rate factor of every layer: 0 for frozen ones, else the first matching
+  `lr_multipliers` pattern's factor, else 1."""
+  f = config.finetune
+  factors = {n: 1.0 for n in order}
+  seen: set[str] = set()
+  for pattern, factor in parse_multipliers(f.lr_multipliers):
+    for n in select(pattern, order, 'finetune.lr_multipliers'):
+      if n not in seen:
+        factors[n] = factor
+        seen.add(n)
+  for n in frozen_layers(config, order):
+    factors[n] = 0.0
+  return factors
+
+
+def frozen_layers(config, order: list[str]) -> list[str]:
+  names = select(config.finetune.freeze, order, 'finetune.freeze')
+  if config.finetune.progressive:  # the source column never changes
+    names = ['column_a'] + [n for n in names if n != 'column_a']
+  return names
+
+
+def optimizer_groups(factors: dict[str, float]):
+  """(groups function for optim.create, {group: factor}); None when every factor is 1."""
+  if all(v == 1.0 for v in factors.values()):
+    return None, None
+  name = lambda v: f'x{v:g}'
+  by_layer = {n: name(v) for n, v in factors.items()}
+
+  def groups(params):
+    return {n: jax.tree_util.tree_map(lambda _, g=by_layer.get(n, 'x1'): g, sub)
+            for n, sub in params.items()}
+
+  return groups, {name(v): v for v in {*factors.values(), 1.0}}
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check(config, info) -> None:
+  """The fine-tuning settings, and the source run against this run's data (from its
+  config.json: nothing is loaded or compiled)."""
+  f = config.finetune
+  parse_multipliers(f.lr_multipliers)
+  if not config.init_from:
+    needs = [k for k in ('eval_source', 'progressive') if f[k]]
+    if needs:
+      raise UserError(f'finetune.{needs[0]} needs a source run: set --config.init_from=WORKDIR')
+    return
+  if not os.path.isfile(os.path.join(config.init_from, 'config.json')):
+    raise UserError(f'init_from {config.init_from} is not a trained run (no config.json); pass '
+                    'the workdir of a --mode=train run')
+  from data import datasets
+  from train import checkpoints
+  source = checkpoints.load_config(config.init_from)
+  src = datasets.info(source.dataset)
+  if tuple(src.shape) != tuple(info.shape):
+    raise UserError(f'init_from {config.init_from} was trained on {"x".join(map(str, src.shape))} '
+                    f'inputs but this run\'s are {"x".join(map(str, info.shape))}; fine-tune from '
+                    'a run with the same input shape (or set dataset.image_shape to match)')
+  step = None if config.init_from_step < 0 else config.init_from_step
+  checkpoints._step_dir(config.init_from, step)  # the checkpoint exists
+  if f.progressive:
+    if config.int8_qat:
+      raise UserError('finetune.progressive and int8_qat cannot be combined')
+    if source.model.to_dict() != config.model.to_dict():
+      raise UserError('finetune.progressive adds a column of the source\'s architecture: use the '
+                      f'source run\'s model block (model.name={source.model.name})')
+
+
+# --------------------------------------------------------------------------- models
+
+
+class Progressive(nn.Module):
+  """Rusu et al.'s progressive network with two columns: `column_a` (the source network, always
+  in inference mode and behind stop_gradient) and `column_b` (same architecture, new head). The
+  input of every layer of column B but the first gets a lateral connection from the input of
+  the same layer of column A: a 1x1 convolution (a dense map for flat features), zero at
+  initialization, so training starts from an independent column."""
+  column_a: nn.Module
+  column_b: nn.Module
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    inputs_a: dict[str, jax.Array] = {}
+
+    def grab(next_fun, args, kwargs, context):
+      path = context.module.path
+      if (context.method_name == '__call__' and len(path) == 2 and path[0] == 'column_a'
+          and path[1] not in inputs_a):
+        inputs_a[path[1]] = args[0]
+      return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(grab):
+      self.column_a(x, train=False)
+    names = list(inputs_a)[1:]
+    lateral = {}
+    for n in names:
+      a = jax.lax.stop_gradient(inputs_a[n])
+      if a.ndim > 2:
+        lateral[n] = nn.Conv(a.shape[-1], (1,) * (a.ndim - 2), kernel_init=nn.initializers.zeros,
+                             name=f'lateral_{n}')(a)
+      else:
+        lateral[n] = nn.Dense(a.shape[-1], kernel_init=nn.initializers.zeros,
+                              name=f'lateral_{n}')(a)
+
+    def add(next_fun, args, kwargs, context):
+      path = context.module.path
+      if (context.method_name == '__call__' and len(path) == 2 and path[0] == 'column_b'
+          and path[1] in lateral and lateral[path[1]].shape == args[0].shape):
+        args = (args[0] + lateral.pop(path[1]).astype(args[0].dtype), *args[1:])
+      return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(add):
+      return self.column_b(x, train=train)
+
+
+def build(config, num_classes: int, dtype: Any, convolutions=None) -> nn.Module:
+  """The run's model: `config.model`, or for a progressive run the two-column network over the
+  source run's architecture and classes."""
+  model = models.create(config.model, num_classes, dtype, convolutions=convolutions)
+  if not (config.get('finetune') and config.finetune.progressive):
+    return model
+  from data import datasets
+  from train import checkpoints
+  source = checkpoints.load_config(config.init_from)
+  column_a = models.create(source.model, datasets.info(source.dataset).num_classes, dtype,
+                           convolutions=convolutions)
+  return Progressive(column_a=column_a, column_b=model)
+
+
+# --------------------------------------------------------------------------- initialization
+
+
+def _shapes(tree) -> Any:
+  return jax.tree_util.tree_map(lambda a: tuple(a.shape), tree)
+
+
+def same_classes(a: dict, b: dict) -> bool:
+  """Whether two runs' dataset identities (datasets.identity) have the same classes."""
+  keys = ('name', 'num_classes', 'classes', 'class_names', 'data_dir')
+  return all(a.get(k) == b.get(k) for k in keys)
+
+
+def initial_variables(config, model, example_shape, key, source,
+                      this_dataset: dict) -> tuple[dict, dict]:
+  """(variables, record): fresh variables of `model` with every layer of the source run whose
+  name and shapes match loaded, except the re-initialized ones (`finetune.reinit`, and the head
+  when the classes differ: in count, or in which classes of which dataset). `this_dataset` is
+  this run's datasets.identity. record = results.json's `init_from`."""
+  fresh = jax.jit(lambda k: model.init({'params': k, 'dropout': k},
+                                       jnp.zeros((1, *example_shape), jnp.float32),
+                                       train=False))(key)
+  fresh = {'params': fresh['params'], 'batch_stats': fresh.get('batch_stats', {})}
+  src = {'params': source.variables['params'], 'batch_stats': source.variables['batch_stats']}
+  if config.finetune.progressive:  # column A is the source network, whole
+    if _shapes(src['params']) != _shapes(fresh['params']['column_a']):
+      raise UserError(f'init_from {source.workdir}: its parameters do not fit column A')
+    params = {**fresh['params'], 'column_a': src['params']}
+    stats = dict(fresh['batch_stats'])
+    if src['batch_stats']:
+      stats['column_a'] = src['batch_stats']
+    loaded = ['column_a']
+    reinit = [n for n in params if n != 'column_a']
+    return ({'params': params, 'batch_stats': stats},
+            _record(source, loaded, reinit))
+  from models import summary
+  order = summary.layer_order(model, fresh, example_shape)
+  reinit = select(config.finetune.reinit, order, 'finetune.reinit')
+  head = order[-1]
+  if head not in reinit and (source.info.num_classes != _head_classes(fresh['params'][head])
+                             or not same_classes(source.dataset, this_dataset)):
+    reinit.append(head)  # its outputs would mean the source's classes
+  params, stats, loaded = {}, {}, []
+  for n in order:
+    take = n not in reinit and n in src['params']
+    if take and _shapes(src['params'][n]) != _shapes(fresh['params'][n]):
+      raise UserError(f'init_from {source.workdir}: layer {n} has shapes '
+                      f'{_shapes(src["params"][n])} there and {_shapes(fresh["params"][n])} here; '
+                      f're-initialize it with --config.finetune.reinit={n} or use a source with '
+                      'the same architecture')
+    if not take and n not in reinit:
+      reinit.append(n)  # a layer the source does not have
+    params[n] = src['params'][n] if take else fresh['params'][n]
+    if n in fresh['batch_stats']:
+      own = take and n in src['batch_stats']
+      stats[n] = src['batch_stats'][n] if own else fresh['batch_stats'][n]
+    if take:
+      loaded.append(n)
+  reinit = [n for n in order if n in reinit]
+  return {'params': params, 'batch_stats': stats}, _record(source, loaded, reinit)
+
+
+def _head_classes(head_params) -> int:
+  return int(jax.tree_util.tree_leaves(head_params)[0].shape[-1])
+
+
+def _record(source, loaded: list[str], reinit: list[str]) -> dict:
+  return {'workdir': os.path.abspath(source.workdir), 'step': source.step,
+          'source_model': source.config.model.name, 'source_dataset': source.dataset,
+          'loaded': loaded, 'reinitialized': reinit}
+
+
+def load_source(config):
+  """The source run (checkpoints.Run) of `init_from`, or None."""
+  if not config.init_from:
+    return None
+  from train import checkpoints
+  return checkpoints.load_run(config.init_from,
+                              None if config.init_from_step < 0 else config.init_from_step)
+
+
+# --------------------------------------------------------------------------- forgetting
+
+
+def source_variables(config, variables: dict, source) -> dict:
+  """The fine-tuned network as a network for the source task: the current layers with the
+  source run's head kept aside (progressive: column A itself)."""
+  if config.finetune.progressive:
+    return {'params': variables['params']['column_a'],
+            'batch_stats': variables['batch_stats'].get('column_a', {})}
+  from models import summary
+  head = summary.layer_order(source.model, source.variables, source.info.shape)[-1]
+  params = {**variables['params'], head: source.variables['params'][head]}
+  stats = dict(variables['batch_stats'])
+  if head in source.variables['batch_stats']:
+    stats[head] = source.variables['batch_stats'][head]
+  return {'params': params, 'batch_stats': stats}
+
+
+@dataclasses.dataclass
+class SourceTask:
+  """The source task's test split and an eval step of the source model on it."""
+  source: Any   # checkpoints.Run
+  eval_source: Any
+  eval_step: Any
+  num_examples: int
+
+
+def source_task(config, source, preprocess, mesh, convs) -> SourceTask:
+  from data import sources
+  from train import steps
+  test = source.test_split()
+  eval_source = sources.InMemoryEval(test, config.eval_batch_size, mesh)
+  step = steps.make_eval_step(source.model, eval_source, preprocess, mesh, config.eval_flip_tta,
+                              convs.compiler_options())
+  return SourceTask(source, eval_source, step, len(test))
+
+
+def summary_line(record: dict, factors: dict[str, float]) -> str:
+  """One log line per kind: what was loaded, re-initialized, frozen and scaled."""
+  scaled = {n: v for n, v in factors.items() if v not in (0.0, 1.0)}
+  frozen = [n for n, v in factors.items() if v == 0.0]
+  return (f'init_from {record["workdir"]} step {record["step"]}: loaded {len(record["loaded"])} '
+          f'layers ({", ".join(record["loaded"])}); re-initialized '
+          f'{", ".join(record["reinitialized"]) or "none"}; frozen {", ".join(frozen) or "none"}; '
+          f'lr multipliers {", ".join(f"{n} x{v:g}" for n, v in scaled.items()) or "none"}')
+
+
+def stats_mask(frozen: list[str], batch_stats) -> Any:
+  """True for the running statistics kept unchanged (those of frozen layers)."""
+  return {n: jax.tree_util.tree_map(lambda _, keep=n in frozen: keep, sub)
+          for n, sub in batch_stats.items()}
+
+
+def num_trainable(params, factors: dict[str, float]) -> int:
+  return int(sum(np.prod(a.shape) for n, sub in params.items() if factors.get(n, 1.0) != 0
+                 for a in jax.tree_util.tree_leaves(sub)))
+
