@@ -1,11 +1,13 @@
-"""gan/frechet.py's distance side by side with pytorch-fid's `calculate_frechet_distance` (the
-reference FID code of Heusel et al.'s TTUR release, ported) on the same feature statistics: real
-test images vs other real test images, vs a GAN's samples, and vs uniform noise, on the
-penultimate features of a classifier run. Writes bench/results/frechet_compare.json.
+"""gan/frechet.py's distance (scipy's matrix square root) side by side with torchmetrics' FID
+formula (eigenvalues of S1 S2) on the same feature statistics: real test images vs other real
+test images, vs a GAN's samples, and vs uniform noise, on the penultimate features of a
+classifier run. Writes bench/results/frechet_compare.json.
 
   .venv/bin/python bench/frechet_compare.py --classifier=runs/default --gan=runs/dcgan
 
-Needs the PyTorch venv of README "Speed" plus `pip install --no-deps pytorch-fid==0.3.0`.
+Needs the PyTorch venv of README "Speed" plus `pip install --no-deps torchmetrics==1.9.0
+lightning-utilities==0.15.3` (pytorch-fid would need torchvision, whose PyPI build does not
+load against the CPU torch).
 """
 
 import argparse
@@ -54,7 +56,7 @@ def main() -> None:
     subprocess.run([args.torch_python, os.path.join(REPO, 'bench', 'torch_frechet.py'), src, dst],
                    check=True)
     theirs = {k: float(v) for k, v in np.load(dst).items()}
-  rows = [{'pair': n, 'ours': ours[n], 'pytorch_fid': theirs[n],
+  rows = [{'pair': n, 'ours': ours[n], 'torchmetrics': theirs[n],
            'relative_difference': abs(ours[n] - theirs[n]) / max(abs(theirs[n]), 1e-12)}
           for n in sets]
   result = {'classifier': os.path.abspath(args.classifier), 'gan': os.path.abspath(args.gan),
@@ -62,9 +64,9 @@ def main() -> None:
   os.makedirs(os.path.join(REPO, 'bench', 'results'), exist_ok=True)
   with open(os.path.join(REPO, 'bench', 'results', 'frechet_compare.json'), 'w') as f:
     json.dump(result, f, indent=2)
-  print('| pair | ours | pytorch-fid | relative difference |\n|---|---|---|---|')
+  print('| pair | ours | torchmetrics | relative difference |\n|---|---|---|---|')
   for r in rows:
-    print(f"| {r['pair']} | {r['ours']:.6g} | {r['pytorch_fid']:.6g} | {r['relative_difference']:.2e} |")
+    print(f"| {r['pair']} | {r['ours']:.6g} | {r['torchmetrics']:.6g} | {r['relative_difference']:.2e} |")
 
 
 if __name__ == '__main__':

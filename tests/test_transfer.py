@@ -191,7 +191,8 @@ def test_finetuning_beats_scratch_and_the_source_task_is_forgotten(source, tmp_p
 def test_progressive_network_cannot_forget(source, tmp_path):
   w = str(tmp_path / 'progressive')
   run_main([f'--workdir={w}', *target(source, **{'finetune.progressive': True,
-                                                 'finetune.eval_source': True})])
+                                                 'finetune.eval_source': True})],
+           devices=2)  # the source's weights, loaded on one device, spread over the mesh
   r = load_results(w)
   rec = r['init_from']
   assert rec['loaded'] == ['column_a'] and rec['forgetting'] == 0.0
@@ -202,3 +203,27 @@ def test_progressive_network_cannot_forget(source, tmp_path):
   assert r['test_accuracy'] > 0.4
   proc = run_main(['--mode=eval', f'--workdir={w}'])
   assert f'{100 * r["test_accuracy"]:.2f}%' in proc.stdout
+
+
+def test_study_table_aggregates_seeds_and_forgetting(tmp_path):
+  scripts = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'scripts')
+  import importlib.util
+  spec = importlib.util.spec_from_file_location('ldr', os.path.join(scripts, 'less_data_report.py'))
+  ldr = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(ldr)
+  import util
+  for name, acc, after in (('tuned_10_seed0', 0.80, 0.90), ('tuned_10_seed1', 0.84, 0.70),
+                           ('scratch_10_seed0', 0.70, None), ('tuned_all_seed0', 0.95, 0.5)):
+    os.makedirs(tmp_path / 'trials' / name)
+    init = {'source_test_accuracy_before': 0.95, 'source_test_accuracy': after,
+            'forgetting': 0.95 - after} if after else None
+    util.write_json(str(tmp_path / 'trials' / name / 'results.json'), {
+        'test_accuracy': acc, 'init_from': init, 'dataset': {'num_train': 50}, 'num_params': 9,
+        'train_time_s': 1.0, 'finetune': {'trainable_params': 9}})
+  rows = {r['condition']: r for r in ldr.summarize(ldr.gather(str(tmp_path)))}
+  t = rows['tuned_10']
+  assert t['test_accuracy']['n'] == 2 and t['test_accuracy']['mean'] == pytest.approx(82.0)
+  assert t['test_accuracy']['sd'] == pytest.approx(np.std([80, 84], ddof=1))
+  assert t['forgetting']['mean'] == pytest.approx(15.0) and 'forgetting' not in rows['scratch_10']
+  assert '82.00 ± 2.83' in ldr.markdown(list(rows.values()))
+  assert ldr.plot(list(rows.values()), str(tmp_path / 'p.png')) and os.path.exists(tmp_path / 'p.png')

@@ -394,7 +394,7 @@ def evaluate_now(run: _Run, step: int) -> dict[str, float]:
 def evaluate_source(exp: Experiment) -> dict[str, float]:
   """The current network on the source run's task, through the source run's head."""
   t = exp.source_task
-  variables = transfer.source_variables(exp.config, exp.state.inference_variables(), t.source)
+  variables = transfer.source_variables(exp.config, exp.state.inference_variables(), t)
   return steps.evaluate(t.eval_step, variables, t.eval_source)
 
 

@@ -77,6 +77,8 @@ def create_train_state(model, tx, example_shape, key: jax.Array, sharding,
                       opt_state=tx.init(params), nonfinite_step=jnp.int32(-1),
                       ema_params=params if ema else {})
 
+  if variables is not None:  # e.g. a checkpoint loaded on one device: placed like the state
+    variables = jax.device_put(variables, sharding)
   return jax.jit(init, out_shardings=sharding)(variables)
 
 

@@ -292,38 +292,40 @@ def load_source(config):
 # --------------------------------------------------------------------------- forgetting
 
 
-def source_variables(config, variables: dict, source) -> dict:
+def source_variables(config, variables: dict, task: 'SourceTask') -> dict:
   """The fine-tuned network as a network for the source task: the current layers with the
   source run's head kept aside (progressive: column A itself)."""
   if config.finetune.progressive:
     return {'params': variables['params']['column_a'],
             'batch_stats': variables['batch_stats'].get('column_a', {})}
-  from models import summary
-  head = summary.layer_order(source.model, source.variables, source.info.shape)[-1]
-  params = {**variables['params'], head: source.variables['params'][head]}
-  stats = dict(variables['batch_stats'])
-  if head in source.variables['batch_stats']:
-    stats[head] = source.variables['batch_stats'][head]
+  params = {**variables['params'], **task.head['params']}
+  stats = {**variables['batch_stats'], **task.head['batch_stats']}
   return {'params': params, 'batch_stats': stats}
 
 
 @dataclasses.dataclass
 class SourceTask:
-  """The source task's test split and an eval step of the source model on it."""
+  """The source task's test split, an eval step of the source model on it, and the source
+  run's head ({'params': {name: ...}, 'batch_stats': ...}, on the run's devices)."""
   source: Any   # checkpoints.Run
   eval_source: Any
   eval_step: Any
   num_examples: int
+  head: dict
 
 
 def source_task(config, source, preprocess, mesh, convs) -> SourceTask:
   from data import sources
-  from train import steps
+  from models import summary
+  from train import distributed, steps
   test = source.test_split()
   eval_source = sources.InMemoryEval(test, config.eval_batch_size, mesh)
   step = steps.make_eval_step(source.model, eval_source, preprocess, mesh, config.eval_flip_tta,
                               convs.compiler_options())
-  return SourceTask(source, eval_source, step, len(test))
+  name = summary.layer_order(source.model, source.variables, source.info.shape)[-1]
+  head = {part: {name: source.variables[part][name]} if name in source.variables[part] else {}
+          for part in ('params', 'batch_stats')}
+  return SourceTask(source, eval_source, step, len(test), distributed.replicate_tree(head, mesh))
 
 
 def summary_line(record: dict, factors: dict[str, float]) -> str:
