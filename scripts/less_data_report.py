@@ -23,11 +23,32 @@ sys.path.insert(0, REPO)
 ALL_PER_CLASS = 6000  # Fashion-MNIST training images per class
 
 
+def _size(cond: str) -> tuple[str, int] | None:
+  m = re.fullmatch(r'(.+)_(\d+|all)', cond)
+  return (m.group(1), ALL_PER_CLASS if m.group(2) == 'all' else int(m.group(2))) if m else None
+
+
+def _condition(trial: str) -> str:
+  return re.sub(r'_seed\d+$', '', trial)
+
+
+def _method(trial: str) -> str:
+  size = _size(_condition(trial))
+  return size[0] if size else _condition(trial)
+
+
 def gather(workdir: str) -> dict[str, list[dict]]:
+  """Finished trials by condition: methods in the sweep's order, sizes ascending."""
   import util
   groups: dict[str, list[dict]] = {}
   root = os.path.join(workdir, 'trials')
-  for name in sorted(os.listdir(root)):
+  declared = (util.read_json(os.path.join(workdir, 'sweep.json')) or {}).get('trials', [])
+  names = sorted(os.listdir(root))
+  first: dict[str, int] = {}
+  for i, n in enumerate(declared + names):
+    first.setdefault(_method(n), i)
+  names.sort(key=lambda n: (first[_method(n)], (_size(_condition(n)) or ('', 0))[1], n))
+  for name in names:
     r = util.read_json(os.path.join(root, name, 'results.json'))
     m = re.fullmatch(r'(.+)_seed(\d+)', name)
     if r and m:
@@ -75,14 +96,27 @@ def markdown(rows: list[dict]) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def pivot(rows: list[dict]) -> str:
+  """Methods as columns, labelled examples per class as rows ('' when names do not parse)."""
+  cells = {_size(r['condition']): r for r in rows}
+  if None in cells:
+    return ''
+  methods = list(dict.fromkeys(m for m, _ in cells))
+  sizes = sorted({n for _, n in cells})
+  lines = ['| per class | ' + ' | '.join(methods) + ' |', '|---|' + '---|' * len(methods)]
+  for n in sizes:
+    lines.append(f"| {'all' if n == ALL_PER_CLASS else n} | " + ' | '.join(
+        fmt(cells[(m, n)]['test_accuracy']) if (m, n) in cells else '' for m in methods) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
 def plot(rows: list[dict], path: str) -> bool:
   curves: dict[str, list[tuple[int, dict]]] = {}
   for r in rows:
-    m = re.fullmatch(r'(.+)_(\d+|all)', r['condition'])
-    if not m:
+    size = _size(r['condition'])
+    if not size:
       return False
-    per_class = ALL_PER_CLASS if m.group(2) == 'all' else int(m.group(2))
-    curves.setdefault(m.group(1), []).append((per_class, r))
+    curves.setdefault(size[0], []).append((size[1], r))
   from analysis import common
   plt = common.pyplot()
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -115,7 +149,7 @@ def main() -> None:
   import util
   rows = summarize(gather(args.workdir))
   util.write_json(os.path.join(args.workdir, 'study.json'), {'rows': rows})
-  table = markdown(rows)
+  table = markdown(rows) + ('\n' + pivot(rows) if pivot(rows) else '')
   with open(os.path.join(args.workdir, 'study.md'), 'w') as f:
     f.write(table)
   plotted = plot(rows, os.path.join(args.workdir, 'study.png'))
