@@ -120,14 +120,15 @@ def plot(rows: list[dict], path: str) -> bool:
   from analysis import common
   plt = common.pyplot()
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-  for method, pts in curves.items():
+  for i, (method, pts) in enumerate(curves.items()):
     pts.sort(key=lambda p: p[0])
     x = [p for p, _ in pts]
+    style = {'marker': 'o', 'capsize': 3, 'label': method, 'color': f'C{i}'}  # same in both
     ax1.errorbar(x, [r['test_accuracy']['mean'] for _, r in pts],
-                 [r['test_accuracy']['sd'] for _, r in pts], marker='o', capsize=3, label=method)
+                 [r['test_accuracy']['sd'] for _, r in pts], **style)
     if all('source_after' in r for _, r in pts):
       ax2.errorbar(x, [r['source_after']['mean'] for _, r in pts],
-                   [r['source_after']['sd'] for _, r in pts], marker='o', capsize=3, label=method)
+                   [r['source_after']['sd'] for _, r in pts], **style)
   before = [r['source_before']['mean'] for r in rows if r.get('source_before')]
   if before:
     ax2.axhline(np.mean(before), color='gray', ls='--', label='source net before')

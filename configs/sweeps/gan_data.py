@@ -10,7 +10,8 @@ updates), three seeds:
   python main.py --mode=report --workdir=runs/gan_data
 
 Another GAN: `--config=configs/sweeps/gan_data.py:dataset.extra_train=DIR/gan/samples.npz`.
-Cost on 2 CPU cores: about 15 minutes for the 9 trials. Reading: docs/less_data.md.
+Cost on 2 CPU cores: 45-90 minutes of trial time for the 9 trials (5-10 minutes each with other
+jobs running), less with --parallel=2. Reading: docs/less_data.md.
 """
 
 import ml_collections

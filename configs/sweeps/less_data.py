@@ -21,7 +21,7 @@ The source run must exist first (`init_from` points at it; another path:
 `--config=configs/sweeps/less_data.py:init_from=DIR`). Steps per size: batch 50 for 300 steps
 (10/class), batch 100 for 400 steps (100/class), 10 epochs (1,000/class), 3 epochs (all), so
 the smallest sets get hundreds of passes and the largest a normal schedule. Cost on 2 CPU
-cores: about 80 minutes for the 48 trials. Results and their reading: docs/less_data.md.
+cores: 88 minutes for the 48 trials with --parallel=2. Results and reading: docs/less_data.md.
 """
 
 import ml_collections
