@@ -396,8 +396,8 @@ def load_split(ds_cfg, split: str) -> Split:
   """One split ('train' or 'test') in host memory, uint8 images and int32 labels, as a run sees
   it: cut to `dataset.train_size` / `test_size`, then the class subset, `per_class` and the
   extra training examples (`_select`)."""
-  d = _raw_info(ds_cfg)
-  info(ds_cfg)  # checks the subset settings
+  d = _raw_info(ds_cfg)  # read once (a folder is scanned once); the subset settings checked
+  _subset_info(ds_cfg, d)
   return _select(ds_cfg, split, _load_split(ds_cfg, split, d), d.num_classes)
 
 

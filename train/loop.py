@@ -204,14 +204,15 @@ def setup(config, train, test, info: datasets.DatasetInfo,
   else:
     model = transfer.build(config, info.num_classes, steps.DTYPES[config.dtype],
                            convolutions=convs)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.numpy.zeros(
+      (1, *info.shape)), train=False))
+  order = summary.layer_order(model, shapes, info.shape)
   init_record = None
   if source is not None and init_variables is None:
     this = datasets.identity(config.dataset, info, len(train), len(test) if test else 0)
     init_variables, init_record = transfer.initial_variables(config, model, info.shape,
-                                                             init_key, source, this)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.numpy.zeros(
-      (1, *info.shape)), train=False))
-  factors = transfer.layer_factors(config, summary.layer_order(model, shapes, info.shape))
+                                                             init_key, source, this, order)
+  factors = transfer.layer_factors(config, order)
   tx = optim.create(config, spe, total, *transfer.optimizer_groups(factors))
   if wrap_tx is not None:
     tx = wrap_tx(tx)

@@ -221,12 +221,13 @@ def same_classes(a: dict, b: dict) -> bool:
   return all(a.get(k) == b.get(k) for k in keys)
 
 
-def initial_variables(config, model, example_shape, key, source,
-                      this_dataset: dict) -> tuple[dict, dict]:
+def initial_variables(config, model, example_shape, key, source, this_dataset: dict,
+                      order: list[str] | None = None) -> tuple[dict, dict]:
   """(variables, record): fresh variables of `model` with every layer of the source run whose
   name and shapes match loaded, except the re-initialized ones (`finetune.reinit`, and the head
   when the classes differ: in count, or in which classes of which dataset). `this_dataset` is
-  this run's datasets.identity. record = results.json's `init_from`."""
+  this run's datasets.identity; `order` the model's layer_order when the caller has it.
+  record = results.json's `init_from`."""
   fresh = jax.jit(lambda k: model.init({'params': k, 'dropout': k},
                                        jnp.zeros((1, *example_shape), jnp.float32),
                                        train=False))(key)
@@ -244,7 +245,7 @@ def initial_variables(config, model, example_shape, key, source,
     return ({'params': params, 'batch_stats': stats},
             _record(source, loaded, reinit))
   from models import summary
-  order = summary.layer_order(model, fresh, example_shape)
+  order = order or summary.layer_order(model, fresh, example_shape)
   reinit = select(config.finetune.reinit, order, 'finetune.reinit')
   head = order[-1]
   if head not in reinit and (source.info.num_classes != _head_classes(fresh['params'][head])
