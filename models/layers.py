@@ -232,6 +232,9 @@ def adaptive_avg_pool(x: jax.Array, size: int) -> jax.Array:
   inputs smaller than `size`, as PyTorch does.
   """
   spatial = x.shape[1:-1]
+  if 0 in spatial:
+    raise UserError(f'the feature map is empty ({x.shape[1:-1]}) before the classifier: the input '
+                    'is too small for the layout\'s pools; drop a pool from model.layers')
   if all(n % size == 0 for n in spatial):
     window = tuple(n // size for n in spatial)
     return x if all(w == 1 for w in window) else nn.avg_pool(x, window, strides=window)

@@ -103,9 +103,11 @@ def run_sweep(config_args: Sequence[str], workdir: str, sweep_flags: Sequence[st
     d = os.path.join(trials_dir(workdir), t.name)
     runner.write_trial(t.to_json(), d)
     dirs.append(d)
+  # The sweep file's REFERENCE: the configuration its report compares every other with.
+  reference = getattr(expand.load_sweep_file(expand.config_path(config_args)), 'REFERENCE', None)
   util.write_json(os.path.join(workdir, 'sweep.json'),
                     {'command': shlex.join(sys.argv), 'trials': [t.name for t in trials],
-                     'written': time.strftime('%Y-%m-%d %H:%M:%S')})
+                     'reference': reference, 'written': time.strftime('%Y-%m-%d %H:%M:%S')})
   todo = [d for d in dirs if not runner.is_finished(d)]
   outcome = {d: 'skipped' for d in dirs if d not in todo}
   if todo and launcher == 'local':

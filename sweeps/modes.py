@@ -18,6 +18,8 @@ flags.DEFINE_integer('slurm_gpus', 0, 'SLURM GPUs per trial (the trial shards it
 flags.DEFINE_string('slurm_mem', '', 'SLURM memory per trial, e.g. 16G.')
 flags.DEFINE_string('slurm_args', '', 'More sbatch options, e.g. "--account=a --qos=q".')
 flags.DEFINE_bool('slurm_wait', True, 'Wait for the SLURM array, then summarize.')
+flags.DEFINE_string('reference', '', 'Report: the configuration (trial name without its seed) '
+                    'every other is compared with; default: the sweep file\'s REFERENCE.')
 FLAGS = flags.FLAGS
 
 
@@ -33,4 +35,4 @@ def sweep(config, workdir: str) -> int:
 def report(config, workdir: str) -> None:
   """Gathers a sweep directory's trials into results.csv, results.md and plots."""
   from sweeps import report as report_lib
-  report_lib.main(workdir)
+  report_lib.main(workdir, FLAGS.reference)

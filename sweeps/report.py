@@ -1,27 +1,42 @@
-"""`--mode=report`: every trial of a sweep directory in one table and three plots.
+"""`--mode=report`: every trial of a sweep directory in tables and plots.
 
 Writes into the sweep's workdir:
+  summary.json                     per configuration (trials that differ only in `seed`):
+                                   seeds, mean, sd and 95% CI of the final test accuracy; with
+                                   a reference configuration, each difference from it with its
+                                   95% CI (Welch's t and a bootstrap over seeds), Welch's p,
+                                   Holm's p over the sweep's comparisons, and significance
   results.csv, results.md          one row per trial: overrides, params, MACs, depth, train
-                                   time, final and best test accuracy, status and error
+                                   time, final and best test accuracy, status and error; the
+                                   Markdown starts with the per-configuration table
+  accuracy_by_configuration.png    mean and 95% CI per configuration, seeds as dots
+  curves.png                       test accuracy at each evaluation, mean over seeds
   accuracy_vs_params.png           one curve per 1x1 placement
   accuracy_vs_depth.png            one curve per width (multiplier, or parameter budget)
   one_by_one_placement.png         bars per placement, grouped by width and depth
 Failed and unfinished trials are rows too (status, error), and are listed again under the
-table; plots show finished trials, averaged over trials that differ only in seed.
+table; statistics and plots use finished trials. The accuracy compared is the final one: the
+best-over-evaluations accuracy picks its epoch on the test set and is biased upwards.
+The reference is --reference, else the sweep file's REFERENCE (recorded in sweep.json).
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import os
 import re
 from typing import Any, Callable, Sequence
+
+import numpy as np
 
 from errors import UserError
 import util
 from sweeps import runner
 
-PLOTS = ('accuracy_vs_params.png', 'accuracy_vs_depth.png', 'one_by_one_placement.png')
+PLOTS = ('accuracy_by_configuration.png', 'curves.png', 'accuracy_vs_params.png',
+         'accuracy_vs_depth.png', 'one_by_one_placement.png')
+BOOTSTRAP_RESAMPLES = 10_000
 PLACEMENT_ORDER = ('none (all 3x3)', 'early', 'middle', 'end')
 
 
@@ -72,6 +87,8 @@ def gather(workdir: str) -> list[dict[str, Any]]:
         'test_accuracy': results.get('test_accuracy'),
         'best_test_accuracy': results.get('best_test_accuracy'),
         'layout': trial['layout'],
+        'history': [(h['epoch'], h['test_accuracy']) for h in results.get('history', [])
+                    if h.get('test_accuracy') is not None],
         'error': status.get('error', '') if state != 'done' else '',
         # Relative to the sweep directory: reports are committed and moved between machines.
         'log': os.path.relpath(os.path.join(d, runner.LOG), workdir)})
@@ -94,18 +111,163 @@ def write_csv(rows: Sequence[dict], path: str) -> None:
       writer.writerow({**r, **{k: r['overrides'].get(k, '') for k in keys}})
 
 
+# ----------------------------------------------------------------------------- over seeds
+
+
+def configuration_of(row: dict) -> str:
+  """The trial's name without its seed: trials that share it differ only in `seed`."""
+  label = re.sub(r'(^|_)seed=?\d+(?=_|$)', '', row['trial']).strip('_')
+  return label or 'base'
+
+
+def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
+  """Student-t interval of the mean; None with fewer than two values."""
+  from scipy import stats
+  v = np.asarray(values, float)
+  if len(v) < 2:
+    return None
+  half = stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
+  return float(v.mean() - half), float(v.mean() + half)
+
+
+def welch(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict[str, Any] | None:
+  """mean(a) - mean(b), its Welch-Satterthwaite t interval and two-sided p; None when either
+  side has fewer than two values. Equal constant samples give p = 1, distinct ones p = 0."""
+  from scipy import stats
+  a, b = np.asarray(a, float), np.asarray(b, float)
+  if len(a) < 2 or len(b) < 2:
+    return None
+  diff = float(a.mean() - b.mean())
+  va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+  se = math.sqrt(va + vb)
+  if se == 0:
+    return {'diff': diff, 'ci95': (diff, diff), 'p': 1.0 if diff == 0 else 0.0, 'df': None}
+  df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+  half = stats.t.ppf(0.5 + level / 2, df) * se
+  p = float(2 * stats.t.sf(abs(diff) / se, df))
+  return {'diff': diff, 'ci95': (diff - half, diff + half), 'p': p, 'df': float(df)}
+
+
+def bootstrap_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95,
+                       resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+  """Percentile bootstrap interval of mean(a) - mean(b), each side resampled with
+  replacement. With 3 seeds a side has only 10 distinct resampled means, so this interval
+  is coarse and narrower than Welch's; both are reported."""
+  rng = np.random.default_rng(seed)
+  a, b = np.asarray(a, float), np.asarray(b, float)
+  ma = a[rng.integers(0, len(a), (resamples, len(a)))].mean(axis=1)
+  mb = b[rng.integers(0, len(b), (resamples, len(b)))].mean(axis=1)
+  lo, hi = np.quantile(ma - mb, [0.5 - level / 2, 0.5 + level / 2])
+  return float(lo), float(hi)
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+  """Holm's step-down adjustment: controls the chance of any false positive across the
+  sweep's comparisons with its reference."""
+  order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+  adjusted, running = [0.0] * len(pvalues), 0.0
+  for rank, i in enumerate(order):
+    running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
+    adjusted[i] = running
+  return adjusted
+
+
+def aggregate(rows: Sequence[dict], reference: str = '') -> list[dict[str, Any]]:
+  """One entry per configuration (declaration order) over its finished trials, accuracies in
+  percent; with `reference`, each other configuration's difference from it."""
+  groups: dict[str, list[dict]] = {}
+  for r in rows:
+    groups.setdefault(configuration_of(r), []).append(r)
+  if reference and reference not in groups:
+    raise UserError(f'--reference={reference!r} is not a configuration of this sweep; use one '
+                    f'of: {", ".join(groups)}')
+  out = []
+  for label, members in groups.items():
+    done = [r for r in members if r['status'] == 'done' and r['test_accuracy'] is not None]
+    values = [100 * r['test_accuracy'] for r in done]
+    first = members[0]
+    entry = {'configuration': label, 'trials': len(members), 'seeds': [r['seed'] for r in done],
+             'values': [round(v, 4) for v in values], 'params': first['params'],
+             'macs': first['macs'], 'depth': first['depth'],
+             'mean': float(np.mean(values)) if values else None,
+             'sd': float(np.std(values, ddof=1)) if len(values) > 1 else None,
+             'ci95': mean_interval(values),
+             'train_time_s': (float(np.mean([r['train_time_s'] for r in done]))
+                              if done and all(r['train_time_s'] for r in done) else None),
+             'reference': label == reference}
+    out.append(entry)
+  if reference:
+    ref = next(e for e in out if e['reference'])
+    compared = []
+    for e in out:
+      test = None if e['reference'] else welch(e['values'], ref['values'])
+      if test:
+        e.update(diff=test['diff'], diff_ci95_welch=test['ci95'], p_welch=test['p'],
+                 diff_ci95_bootstrap=bootstrap_interval(e['values'], ref['values']))
+        compared.append(e)
+    for e, p in zip(compared, holm([e['p_welch'] for e in compared])):
+      e['p_holm'] = p
+      e['significant'] = e['p_welch'] < 0.05
+      e['significant_holm'] = p < 0.05
+  return out
+
+
+def _interval(ci: Sequence[float] | None) -> str:
+  return f'[{ci[0]:+.2f}, {ci[1]:+.2f}]' if ci else '-'
+
+
+def _p(p: float | None) -> str:
+  return '-' if p is None else ('< 0.001' if p < 0.001 else f'{p:.3f}')
+
+
+def seeds_markdown(stats: Sequence[dict], reference: str) -> list[str]:
+  """The per-configuration table of results.md."""
+  head = ['configuration', 'seeds', 'params', 'MACs', 'final acc % (mean ± sd)', '95% CI']
+  if reference:
+    head += [f'Δ vs {reference}', '95% CI of Δ (Welch)', 'p (Welch)', 'p (Holm)',
+             '95% CI of Δ (bootstrap)', 'significant']
+  lines = ['| ' + ' | '.join(head) + ' |', '|---|' + '---:|' * (len(head) - 1)]
+  for e in stats:
+    acc = ('-' if e['mean'] is None else f'{e["mean"]:.2f}' +
+           (f' ± {e["sd"]:.2f}' if e['sd'] is not None else ''))
+    ci = f'[{e["ci95"][0]:.2f}, {e["ci95"][1]:.2f}]' if e['ci95'] else '-'
+    cells = [e['configuration'] + (' (reference)' if e['reference'] else ''),
+             str(len(e['values'])) + (f'/{e["trials"]}' if len(e['values']) < e['trials'] else ''),
+             f'{e["params"]:,}', f'{e["macs"] / 1e6:.1f}M', acc, ci]
+    if reference:
+      if 'diff' in e:
+        sig = ('yes, also after Holm' if e['significant_holm'] else 'yes' if e['significant']
+               else 'no')
+        cells += [f'{e["diff"]:+.2f}', _interval(e['diff_ci95_welch']), _p(e['p_welch']),
+                  _p(e['p_holm']), _interval(e['diff_ci95_bootstrap']), sig]
+      else:
+        cells += ['-'] * 6
+    lines.append('| ' + ' | '.join(c.replace('|', '\\|') for c in cells) + ' |')
+  lines += ['', 'Final test accuracy over seeds (trials that differ only in `seed`); 95% CI = '
+            "Student-t interval of the mean."]
+  if reference:
+    lines[-1] += (f' Δ = mean minus the reference {reference}\'s, in points; significant = '
+                  "Welch's two-sided p < 0.05 (its interval excludes 0); Holm's p corrects for "
+                  'the comparisons made in this sweep.')
+  return lines
+
+
 def _pct(x: float | None) -> str:
   return f'{100 * x:.2f}' if x is not None else '-'
 
 
-def markdown(rows: Sequence[dict], title: str) -> str:
-  """The results table, then the trials that did not finish, then the plots."""
+def markdown(rows: Sequence[dict], title: str, stats: Sequence[dict] = (),
+             reference: str = '') -> str:
+  """The per-configuration table, the per-trial table, the unfinished trials, the plots."""
   keys = _override_keys(rows)
   solved = any(r['budget'] for r in rows)  # show the width each budget was solved to
   head = ['trial', *keys, *(['width x (solved)'] if solved else []), 'params', 'MACs', 'depth',
           'train time', 'final acc %', 'best acc %', 'status']
   lines = [f'# {title}', '', f'{sum(r["status"] == "done" for r in rows)} of {len(rows)} '
-           'trials finished.', '', '| ' + ' | '.join(head) + ' |',
+           'trials finished.', '']
+  if stats:
+    lines += ['## Over seeds', '', *seeds_markdown(stats, reference), '', '## Trials', '']
+  lines += ['| ' + ' | '.join(head) + ' |',
            '|' + '|'.join('---:' if h in ('params', 'MACs', 'depth') or 'acc' in h else '---'
                           for h in head) + '|']
   for r in rows:
@@ -151,16 +313,17 @@ def _plot_lines(ax, data, xlabel: str, names: dict | None = None) -> None:
     pts = data[label]
     xs = [p[0] for p in pts]
     joined = names is None or max(xs) > 1.1 * min(xs)
-    line, = ax.plot(xs, [p[1] for p in pts], marker='o', label=label,
-                    linestyle='-' if joined else 'none')
+    sds = [float(np.std(p[2], ddof=1)) if len(p[2]) > 1 else 0.0 for p in pts]
+    line, *_ = ax.errorbar(xs, [p[1] for p in pts], yerr=sds, marker='o', label=label,
+                           linestyle='-' if joined else 'none', capsize=3)
     for x, mean, values in pts:
-      if len(values) > 1:  # individual seeds, faint, around the mean
+      if len(values) > 1:  # individual seeds, faint, around the mean +- sd
         ax.scatter([x] * len(values), values, color=line.get_color(), alpha=0.3, s=12)
       if names:
         ax.annotate(names.get((label, x), ''), (x, mean), fontsize=7, xytext=(4, 4),
                     textcoords='offset points')
   ax.set_xlabel(xlabel)
-  ax.set_ylabel('final test accuracy (%)')
+  ax.set_ylabel('final test accuracy (%, mean ± sd over seeds)')
   ax.grid(alpha=0.3)
   if data:
     ax.legend(fontsize=8)
@@ -174,12 +337,68 @@ def _swept(rows: Sequence[dict], key: str) -> bool:
   return len({r['overrides'].get(key) for r in rows}) > 1
 
 
-def write_plots(rows: Sequence[dict], workdir: str, title: str) -> list[str]:
+def _plot_configurations(plt, stats: Sequence[dict], path: str, title: str) -> None:
+  """Mean and 95% CI per configuration (seeds as dots), the reference's mean as a line."""
+  shown = [e for e in stats if e['values']]
+  fig, ax = plt.subplots(figsize=(7, 1.2 + 0.35 * max(1, len(shown))))
+  for i, e in enumerate(shown):
+    y = len(shown) - 1 - i
+    lo, hi = e['ci95'] or (e['mean'], e['mean'])
+    ax.errorbar([e['mean']], [y], xerr=[[e['mean'] - lo], [hi - e['mean']]], fmt='o',
+                color='C3' if e['reference'] else 'C0', capsize=4)
+    ax.scatter(e['values'], [y] * len(e['values']), color='gray', alpha=0.5, s=10, zorder=3)
+    if e['reference']:
+      ax.axvline(e['mean'], color='C3', linestyle='--', alpha=0.6)
+  ax.set_yticks(range(len(shown)), [e['configuration'] + (' (ref)' if e['reference'] else '')
+                                    for e in reversed(shown)], fontsize=8)
+  ax.set_xlabel('final test accuracy (%): mean, 95% CI, seeds')
+  ax.grid(alpha=0.3, axis='x')
+  if not shown:
+    ax.text(0.5, 0.5, 'no finished trials yet', ha='center', transform=ax.transAxes)
+  ax.set_title(f'{title}: accuracy per configuration', fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _plot_curves(plt, rows: Sequence[dict], path: str, title: str) -> None:
+  """Test accuracy at each evaluation, mean over a configuration's finished seeds (shaded:
+  min to max): whether the schedule was long enough for the ranking to settle."""
+  curves: dict[str, list[list[tuple[float, float]]]] = {}
+  for r in rows:
+    if r['status'] == 'done' and r['history']:
+      curves.setdefault(configuration_of(r), []).append(r['history'])
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for label, runs in curves.items():
+    epochs = sorted(set.intersection(*[{e for e, _ in h} for h in runs]))
+    acc = np.array([[100 * dict(h)[e] for e in epochs] for h in runs])
+    line, = ax.plot(epochs, acc.mean(axis=0), marker='.', label=f'{label} ({len(runs)})')
+    if len(runs) > 1:
+      ax.fill_between(epochs, acc.min(axis=0), acc.max(axis=0), color=line.get_color(), alpha=0.15)
+  ax.set_xlabel('epoch')
+  ax.set_ylabel('test accuracy (%, mean over seeds)')
+  ax.grid(alpha=0.3)
+  if curves:
+    accs = [100 * a for h in (h for runs in curves.values() for h in runs) for _, a in h]
+    ax.set_ylim(max(0, np.percentile(accs, 10) - 5), min(100, max(accs) + 1))
+    ax.legend(fontsize=7)
+  else:
+    ax.text(0.5, 0.5, 'no finished trials yet', ha='center', transform=ax.transAxes)
+  ax.set_title(f'{title}: test accuracy during training', fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write_plots(rows: Sequence[dict], workdir: str, title: str,
+                stats: Sequence[dict] | None = None) -> list[str]:
   import matplotlib
   matplotlib.use('Agg')  # files only; no display on compute nodes
   from matplotlib import pyplot as plt
 
   paths = [os.path.join(workdir, p) for p in PLOTS]
+  _plot_configurations(plt, aggregate(rows) if stats is None else stats, paths[0], title)
+  _plot_curves(plt, rows, paths[1], title)
   with_1x1 = _swept(rows, 'model.one_by_one')
   placement_of = lambda r: r['one_by_one'] if with_1x1 else 'all trials'
   names = {(placement_of(r), r['params']): r['trial'] for r in rows}
@@ -189,7 +408,7 @@ def write_plots(rows: Sequence[dict], workdir: str, title: str) -> list[str]:
     ax.set_xscale('log')
   ax.set_title(f'{title}: accuracy vs parameters', fontsize=10)
   fig.tight_layout()
-  fig.savefig(paths[0], dpi=110)
+  fig.savefig(paths[2], dpi=110)
   plt.close(fig)
 
   fig, ax = plt.subplots(figsize=(6, 4))
@@ -198,7 +417,7 @@ def write_plots(rows: Sequence[dict], workdir: str, title: str) -> list[str]:
               'depth (conv layers)')
   ax.set_title(f'{title}: accuracy vs depth', fontsize=10)
   fig.tight_layout()
-  fig.savefig(paths[1], dpi=110)
+  fig.savefig(paths[3], dpi=110)
   plt.close(fig)
 
   with_depth = len({r['depth'] for r in rows}) > 1
@@ -224,29 +443,47 @@ def write_plots(rows: Sequence[dict], workdir: str, title: str) -> list[str]:
   ax.set_ylabel('final test accuracy (%)')
   ax.set_title(f'{title}: 1x1 placement', fontsize=10)
   fig.tight_layout()
-  fig.savefig(paths[2], dpi=110)
+  fig.savefig(paths[4], dpi=110)
   plt.close(fig)
   return paths
 
 
-def write_report(workdir: str) -> dict[str, Any]:
-  """Gathers the trials of `workdir` and writes the CSV, Markdown and plots; returns paths."""
+def write_report(workdir: str, reference: str = '') -> dict[str, Any]:
+  """Gathers the trials of `workdir` and writes the summary, CSV, Markdown and plots; returns
+  paths. `reference` '' = the one sweep.json records (the sweep file's REFERENCE), if any."""
   if not workdir:
     raise UserError('--workdir is required: the sweep directory to report on')
   rows = gather(workdir)
+  reference = reference or (util.read_json(os.path.join(workdir, 'sweep.json')) or {}).get(
+      'reference', '')
+  stats = aggregate(rows, reference)
   title = os.path.basename(os.path.abspath(workdir))
   csv_path, md_path = os.path.join(workdir, 'results.csv'), os.path.join(workdir, 'results.md')
+  summary_path = os.path.join(workdir, 'summary.json')
+  util.write_json(summary_path, {'reference': reference or None, 'metric': 'test_accuracy (%)',
+                                 'configurations': stats})
   write_csv(rows, csv_path)
   with open(md_path, 'w') as f:
-    f.write(markdown(rows, title))
-  return {'csv': csv_path, 'md': md_path, 'plots': write_plots(rows, workdir, title), 'rows': rows}
+    f.write(markdown(rows, title, stats, reference))
+  return {'csv': csv_path, 'md': md_path, 'summary': summary_path, 'stats': stats,
+          'plots': write_plots(rows, workdir, title, stats), 'rows': rows}
 
 
-def main(workdir: str) -> None:
-  """`--mode=report`: write everything and print where it went, with the trials' states."""
-  paths = write_report(workdir)
+def main(workdir: str, reference: str = '') -> None:
+  """`--mode=report`: write everything and print where it went, with the trials' states and
+  the per-configuration means."""
+  paths = write_report(workdir, reference)
   states: dict[str, int] = {}
   for r in paths['rows']:
     states[r['status']] = states.get(r['status'], 0) + 1
   print(f'{len(paths["rows"])} trials (' + ', '.join(f'{n} {s}' for s, n in sorted(states.items())) +
-        f')\n{paths["md"]}\n{paths["csv"]}\n' + '\n'.join(paths['plots']))
+        f')\n{paths["md"]}\n{paths["csv"]}\n{paths["summary"]}\n' + '\n'.join(paths['plots']))
+  for e in paths['stats']:
+    if e['mean'] is not None:
+      line = f'  {e["configuration"]:<40} {e["mean"]:6.2f}'
+      line += f' ± {e["sd"]:.2f}' if e['sd'] is not None else ''
+      line += f'  (n={len(e["values"])})' + ('  reference' if e['reference'] else '')
+      if 'diff' in e:
+        line += (f'  Δ {e["diff"]:+.2f} {_interval(e["diff_ci95_welch"])} p={_p(e["p_welch"])}'
+                 + (' *' if e['significant'] else ''))
+      print(line)

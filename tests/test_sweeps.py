@@ -121,17 +121,24 @@ def study(name):
                                          ('one_by_one_budget.py', 128_000)])
 def test_shipped_budget_studies_hit_their_budget(name, target):
   trials = expand.expand(study(name))
-  assert len(trials) == 4
+  assert len(trials) == 12 and [t.overrides['seed'] for t in trials[:3]] == ['0', '1', '2']
   assert all(abs(t.params - target) <= 0.02 * target for t in trials), [t.params for t in trials]
+  configs = trials[::3]
   if name == 'depth_budget.py':
-    assert [t.depth for t in trials] == [8, 9, 10, 13]
+    assert [t.depth for t in configs] == [8, 9, 10, 13]
   else:
-    assert [t.layout.count('k1') for t in trials] == [0, 2, 2, 2] and {t.depth for t in trials} == {13}
+    assert [t.layout.count('k1') for t in configs] == [0, 2, 2, 2] and {t.depth for t in trials} == {13}
 
 
-def test_shipped_width_study_is_a_product():
+def test_shipped_width_and_architecture_studies():
   specs = expand.specs_for(study('width.py'), [])
-  assert len(specs) == 8 and {s['model.width_multiplier'] for s in specs} == {0.25, 0.5, 1.0, 2.0}
+  assert len(specs) == 24 and {s['model.width_multiplier'] for s in specs} == {0.25, 0.5, 1.0, 2.0}
+  trials = expand.expand(study('architectures.py'))
+  assert len(trials) == 21 and trials[0].name == 'simplenet_cifar_310k_seed=0'
+  vgg = trials[-1]
+  assert vgg.name == 'vgg11_bn_311k_seed=2' and abs(vgg.params - trials[0].params) <= 0.02 * trials[0].params
+  config = expand.load_config(study('architectures.py'))
+  assert (config.dataset.per_class, config.num_epochs) == (1000, 10)  # the studies' protocol
 
 
 def test_dry_run_prints_every_trial_and_trains_nothing(tmp_path):
@@ -222,3 +229,50 @@ def test_slurm_script_runs_one_trial_per_task():
     assert f'#SBATCH {line}\n' in script
   assert "'/w/trials/b c'" in script and '-m sweeps.runner "${TRIALS[$SLURM_ARRAY_TASK_ID]}"' in script
   assert '#SBATCH --array=0-1%3' in launch.array_script(['a', 'b'], '/w', 3, launch.Slurm())
+
+
+# ----------------------------------------------------------------------------- seed statistics
+
+
+def test_report_aggregates_seeds_with_intervals_and_significance(tmp_path):
+  """Hand-made results: x1 beats the reference x0.5 clearly, x2 only by noise."""
+  from scipy import stats as sps
+  work = tmp_path / 'w'
+  accs = {'0.5': [0.900, 0.904, 0.898], '1': [0.930, 0.934, 0.929], '2': [0.899, 0.907, 0.903]}
+  for trial in expand.expand(TINY_ARGS, ['model.width_multiplier=0.5,1,2', 'seed=0,1,2']):
+    d = str(work / 'trials' / trial.name)
+    runner.write_trial(trial.to_json(), d)
+    acc = accs[trial.overrides['model.width_multiplier']][int(trial.overrides['seed'])]
+    runner.write_json(os.path.join(d, 'results.json'), {
+        'config': trial.to_json()['config'], 'test_accuracy': acc, 'best_test_accuracy': acc,
+        'history': [{'epoch': 1.0, 'test_accuracy': acc - 0.05}, {'epoch': 2.0, 'test_accuracy': acc}],
+        'train_time_s': 10.0, 'epochs': 2, 'steps': 4, 'images_per_sec': 1.0})
+  runner.write_json(str(work / 'sweep.json'), {'trials': [], 'reference': 'width_multiplier=0.5'})
+  stats = {e['configuration']: e for e in report.aggregate(report.gather(str(work)),
+                                                           'width_multiplier=0.5')}
+  ref, wide, noise = (stats[f'width_multiplier={m}'] for m in ('0.5', '1', '2'))
+  assert ref['reference'] and 'diff' not in ref and ref['seeds'] == [0, 1, 2]
+  assert wide['mean'] == pytest.approx(93.1) and wide['sd'] == pytest.approx(
+      100 * float(__import__('numpy').std(accs['1'], ddof=1)))
+  for e, m in ((wide, '1'), (noise, '2')):  # Welch against scipy's own test
+    t = sps.ttest_ind([100 * a for a in accs[m]], [100 * a for a in accs['0.5']], equal_var=False)
+    assert e['p_welch'] == pytest.approx(t.pvalue, rel=1e-9)
+    lo, hi = e['diff_ci95_welch']
+    assert lo < e['diff'] < hi and lo <= e['diff_ci95_bootstrap'][0] <= e['diff_ci95_bootstrap'][1] <= hi + 1e-9
+  assert wide['diff'] == pytest.approx(93.1 - 270.2 / 3) and wide['diff_ci95_welch'][0] > 0 and wide['significant']
+  assert noise['diff_ci95_welch'][0] < 0 < noise['diff_ci95_welch'][1] and not noise['significant']
+  assert report.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+  assert report.welch([1, 1], [1, 1])['p'] == 1.0 and report.welch([1], [1, 2]) is None
+  # Through the mode: the reference comes from sweep.json, --reference overrides it.
+  proc = sweep(['--mode=report', f'--workdir={work}'])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  summary = runner.read_json(str(work / 'summary.json'))
+  assert summary['reference'] == 'width_multiplier=0.5' and len(summary['configurations']) == 3
+  md = (work / 'results.md').read_text()
+  assert '## Over seeds' in md and '| width_multiplier=1 | 3 |' in md and 'yes, also after Holm' in md
+  assert all((work / p).exists() for p in report.PLOTS)
+  other = sweep(['--mode=report', f'--workdir={work}', '--reference=width_multiplier=2'])
+  assert runner.read_json(str(work / 'summary.json'))['reference'] == 'width_multiplier=2', other.stderr
+  bad = sweep(['--mode=report', f'--workdir={work}', '--reference=width=9'])
+  assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith(
+      "error: --reference='width=9' is not a configuration")

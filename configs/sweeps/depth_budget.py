@@ -16,9 +16,13 @@ The shortened run in docs/study1 adds --config.num_epochs=1
 import ml_collections
 
 from configs import default
+from configs.sweeps import SEEDS, architecture_protocol
 from sweeps import axis, budget, product, zipped
 
 # Conv widths per layer, 'p' = 2x2 max pool; from the SimpNet paper / Coderx7/SimpNet.
+# The report's reference: SimpleNet's own 13-layer layout.
+REFERENCE = 'depth13'
+
 LAYOUTS = {
     'depth8': '41,43,70,p,70,70,70,85,p,90',
     'depth9': '44,44,57,p,57,57,57,75,p,85,96',
@@ -28,10 +32,10 @@ LAYOUTS = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  return default.get_config(arg)
+  return architecture_protocol(default.get_config(arg))
 
 
 def get_sweep() -> list[dict]:
   """Four labelled layouts, each solved to the 300K budget."""
   return product(zipped(axis('sweep.name', list(LAYOUTS)), axis('model.layers', list(LAYOUTS.values()))),
-                 budget(300_000, tolerance=0.02))
+                 budget(300_000, tolerance=0.02), axis('seed', list(SEEDS)))

@@ -16,15 +16,19 @@ peak, so expect a few minutes per epoch for the study.
 import ml_collections
 
 from configs import default
+from configs.sweeps import SEEDS, architecture_protocol
 from sweeps import axis, budget, product
+
+# The report's reference: every conv 3x3, the baseline of SimpNet's Table VIII.
+REFERENCE = 'one_by_one=none'
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = default.get_config(arg)
+  c = architecture_protocol(default.get_config(arg))
   c.model.num_one_by_one = 2
   return c
 
 
 def get_sweep() -> list[dict]:
   return product(axis('model.one_by_one', ['none', 'early', 'middle', 'end']),
-                 budget(128_000, tolerance=0.02))
+                 budget(128_000, tolerance=0.02), axis('seed', list(SEEDS)))

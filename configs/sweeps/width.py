@@ -16,13 +16,17 @@ epoch for the study, most of it in the two x2 trials.
 import ml_collections
 
 from configs import default
+from configs.sweeps import SEEDS, architecture_protocol
 from sweeps import axis, product
+
+# The report's reference: slim SimpleNet as published (x1, its two 1x1s).
+REFERENCE = 'one_by_one=default_width_multiplier=1.0'
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  return default.get_config(arg)
+  return architecture_protocol(default.get_config(arg))
 
 
 def get_sweep() -> list[dict]:
   return product(axis('model.one_by_one', ['default', 'none']),
-                 axis('model.width_multiplier', [0.25, 0.5, 1.0, 2.0]))
+                 axis('model.width_multiplier', [0.25, 0.5, 1.0, 2.0]), axis('seed', list(SEEDS)))
