@@ -33,6 +33,7 @@ MODES = {
     'augment': (data_modes.augment, True, True),
     'explain': (analysis_modes.explain, False, True),
     'attack': (analysis_modes.attack, False, True),
+    'shift': (analysis_modes.shift, False, True),
     'compress': (compress_modes.compress, False, True),
     'gan': (gan_modes.gan, True, True),
     'sweep': (sweep_modes.sweep, True, False),

@@ -59,6 +59,17 @@ flags.DEFINE_list('membership_reference_workdirs', [], '--mode=attack: runs trai
                   'examples (dataset.train_offset) for the calibrated membership attack.')
 flags.DEFINE_integer('attack_seed', 0, '--mode=attack: seed of the picks and random starts.')
 flags.DEFINE_integer('attack_step', None, '--mode=attack: checkpoint step (default: latest).')
+flags.DEFINE_list('shift_corruptions', [], '--mode=shift: corruptions (default: all of '
+                  'gaussian_noise, shot_noise, impulse_noise, gaussian_blur, brightness, contrast, '
+                  'rotation, translation, scaling, elastic, pixelate, jpeg).')
+flags.DEFINE_list('shift_severities', ['1', '2', '3', '4', '5'], '--mode=shift: severities, 1-5.')
+flags.DEFINE_string('shift_reference', '', '--mode=shift: a trained run evaluated on the same '
+                    'corrupted images; CE and mCE are relative to it (100 = as robust).')
+flags.DEFINE_integer('shift_examples', 0, '--mode=shift: test examples, picked per class by '
+                     '--shift_seed (0 = the whole test split).')
+flags.DEFINE_integer('shift_batch', 500, '--mode=shift: images per corrupted batch.')
+flags.DEFINE_integer('shift_seed', 0, '--mode=shift: seed of the corruptions and the picks.')
+flags.DEFINE_integer('shift_step', None, '--mode=shift: checkpoint step (default: latest).')
 FLAGS = flags.FLAGS
 
 
@@ -140,3 +151,26 @@ def fraction(text: str) -> float:
   if den and float(den) == 0:
     raise ValueError(text)
   return float(num) / float(den) if den else float(num)
+
+
+def shift(config, workdir: str) -> None:
+  """`--mode=shift`: accuracy of a trained run under corruptions of its test split at five
+  severities, mCE against --shift_reference, into `W/shift/`."""
+  import util
+  from analysis import shift as shift_lib
+  util.trained_run_mode('shift', 'evaluate under shift', config, workdir)
+  severities = tuple(util.parse_list('--shift_severities', ','.join(FLAGS.shift_severities), int,
+                                     example='1,3,5'))
+  o = shift_lib.Options(corruptions=tuple(FLAGS.shift_corruptions) or shift_lib.CORRUPTIONS,
+                        severities=severities, reference=FLAGS.shift_reference,
+                        examples=FLAGS.shift_examples, batch=FLAGS.shift_batch,
+                        seed=FLAGS.shift_seed, step=FLAGS.shift_step)
+  r = shift_lib.run_shift(workdir, o)
+  for c, v in r['corruptions'].items():
+    print(f'shift: {c:<15} ' + '  '.join(f'{100 * v["accuracy"][str(s)]:6.2f}' for s in o.severities)
+          + f'   mean {100 * v["mean_accuracy"]:6.2f}%' + (f'   CE {v["ce"]:.1f}' if 'ce' in v and v['ce'] is not None else ''))
+  line = (f'shift: clean accuracy {100 * r["clean_accuracy"]:.2f}%, mean under corruption '
+          f'{100 * r["mean_corruption_accuracy"]:.2f}% on {r["num_examples"]} test images')
+  if r.get('mce') is not None:
+    line += f'; mCE {r["mce"]:.1f}, relative mCE {r["relative_mce"]:.1f} (reference = 100)'
+  print(line + f'; outputs in {workdir}/shift/', flush=True)
