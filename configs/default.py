@@ -115,6 +115,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'eval_source': False,    # evaluate the source task too (forgetting), with its own head
       'progressive': False,    # Rusu et al.: a new column with laterals from the frozen source
   })
+  # Per-layer training diagnostics (train/diagnostics.py): dead units, activation mean and
+  # std, gradient norm and update/weight ratio every `every_steps` steps, from the step's own
+  # batch and gradient; TensorBoard, results.json `diagnostics`, W/diagnostics.png. The
+  # trajectory is bitwise the same on or off; the cost is one extra step every_steps.
+  c.diagnostics = ml_collections.ConfigDict({'enabled': False, 'every_steps': 100})
   # int8 quantization-aware training through qwix (fake-quantized weights and activations,
   # straight-through gradients); --mode=compress's int8 stage then converts the run.
   c.int8_qat = False

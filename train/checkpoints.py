@@ -44,7 +44,8 @@ ADDED_KEYS = {'augment.cutout': 0, 'ema_decay': 0.0, 'eval_flip_tta': False,
               'dataset.extra_per_class': 0, 'init_from': '', 'init_from_step': -1,
               'finetune.reinit': '', 'finetune.freeze': '', 'finetune.freeze_batch_stats': False,
               'finetune.lr_multipliers': '', 'finetune.eval_source': False,
-              'finetune.progressive': False}
+              'finetune.progressive': False, 'diagnostics.enabled': False,
+              'diagnostics.every_steps': 100}
 
 
 def checkpoint_dir(workdir: str) -> str:

@@ -29,12 +29,13 @@ from errors import NonFiniteLossError, UserError
 from kernels import convolutions as convolutions_lib
 from kernels import runtime
 from models import summary
-from train import checkpoints, distributed, optim, steps, transfer
+from train import checkpoints, diagnostics, distributed, optim, steps, transfer
 
 # Settings that may change when an existing run is resumed (extend it, change cadence).
 RESUMABLE_CHANGES = ('num_epochs', 'num_train_steps', 'log_every_steps', 'eval_every_epochs',
                      'checkpoint_every_steps', 'keep_checkpoints', 'eval_batch_size', 'conv_impl',
-                     'conv_algorithm', 'dataset.prefetch_batches')
+                     'conv_algorithm', 'dataset.prefetch_batches', 'diagnostics.enabled',
+                     'diagnostics.every_steps')
 
 
 # ----------------------------------------------------------------------------- validation
@@ -70,6 +71,7 @@ def validate(config: ml_collections.ConfigDict, workdir: str,
   if not 0.0 <= config.label_smoothing < 1.0:
     raise UserError(f'label_smoothing must be in [0, 1), got {config.label_smoothing}')
   check_adversarial(config.adversarial)
+  diagnostics.check(config)
   n_dev = jax.device_count()
   if config.batch_size % n_dev:
     raise UserError(f'batch_size {config.batch_size} is not divisible by the {n_dev} devices; '
@@ -158,6 +160,8 @@ class Experiment:
   factors: dict       # learning-rate factor of every layer (0 = frozen)
   init_record: Any    # results.json's init_from (None when training from scratch)
   source_task: Any    # transfer.SourceTask when the source task is evaluated, else None
+  layers: list        # top-level layers in forward order (the head last)
+  diagnostics_step: Any  # jitted per-layer statistics (None when config.diagnostics is off)
 
 
 def evaluator(config, test, model, preprocess: augment.Preprocess, mesh,
@@ -224,6 +228,9 @@ def setup(config, train, test, info: datasets.DatasetInfo,
   train_step = steps.make_train_step(model, tx, config, train_source, preprocess, mesh,
                                      convs.compiler_options(), teacher=teacher,
                                      keep_stats=keep_stats)
+  diagnostics_step = (diagnostics.make_diagnostics_step(
+      steps.make_step_core(model, tx, config, train_source, preprocess, teacher), model, config,
+      order, mesh, convs.compiler_options()) if config.diagnostics.enabled else None)
   source_task = (transfer.source_task(config, source, preprocess, mesh, convs)
                  if source is not None and config.finetune.eval_source else None)
   eval_source, eval_step = (evaluator(config, test, model, preprocess, mesh, convs) if test
@@ -244,7 +251,8 @@ def setup(config, train, test, info: datasets.DatasetInfo,
                     step_args=(distributed.replicate_tree(teacher.variables, mesh),)
                     if teacher else (), steps_per_epoch=spe, total_steps=total,
                     num_params=summary.count_params(state.params), factors=factors,
-                    init_record=init_record, source_task=source_task)
+                    init_record=init_record, source_task=source_task, layers=order,
+                    diagnostics_step=diagnostics_step)
 
 
 def restore(exp: Experiment, mngr: ocp.CheckpointManager, meta: dict) -> dict:
@@ -283,6 +291,11 @@ class _Run:
     self.lr_fn = optim.learning_rate_schedule(exp.config, exp.steps_per_epoch, exp.total_steps)
     self.last_train: dict[str, float] = {}
     self.first = True
+    self.diagnostics = (diagnostics.Recorder(exp.config.diagnostics.every_steps, exp.layers,
+                                             meta.get('diagnostics'))
+                        if exp.diagnostics_step else None)
+    if self.diagnostics:
+      meta['diagnostics'] = self.diagnostics.history
 
   def elapsed(self) -> float:
     return self.time_base + time.time() - self.t_start
@@ -304,6 +317,8 @@ class _Run:
 
   def save(self, step: int) -> None:
     self.check_finite()
+    if self.diagnostics:  # the checkpoint's metadata carries the series so far
+      self.diagnostics.flush(self.writer)
     self.meta['train_time_s'] = self.elapsed()
     self.meta['input_wait_s'] = self.input_wait()
     items = {'state': ocp.args.StandardSave(self.exp.state), 'meta': ocp.args.JsonSave(self.meta)}
@@ -341,8 +356,11 @@ def train_epoch(run: _Run, step: int) -> int:
   metrics = steps.empty_metrics(rep)
   t_mark, images = time.time(), 0
   while step < epoch_end:
-    exp.state, metrics = exp.train_step(exp.state, metrics, exp.train_source.step_inputs(step),
-                                        exp.step_key, *exp.step_args)
+    inputs = exp.train_source.step_inputs(step)
+    if run.diagnostics and run.diagnostics.due(step):  # before the step donates the state
+      run.diagnostics.add(step, exp.diagnostics_step(exp.state, inputs, exp.step_key,
+                                                     *exp.step_args))
+    exp.state, metrics = exp.train_step(exp.state, metrics, inputs, exp.step_key, *exp.step_args)
     step += 1
     if run.first:  # time the compilation separately from steady-state throughput
       jax.block_until_ready(exp.state)
@@ -354,6 +372,8 @@ def train_epoch(run: _Run, step: int) -> int:
       values = {k: float(v) for k, v in metrics.compute().items()}  # waits for the steps
       now = time.time()
       run.log_train(step, values, images, now - t_mark)
+      if run.diagnostics:
+        run.diagnostics.flush(run.writer)
       t_mark, images = now, 0
       metrics = steps.empty_metrics(rep)
     if step % ckpt_every == 0 and step != exp.total_steps:
@@ -455,6 +475,7 @@ def results_dict(run: _Run) -> dict:
                    'freeze_batch_stats': bool(exp.config.finetune.freeze_batch_stats),
                    'progressive': bool(exp.config.finetune.progressive)},
       'history': history,
+      'diagnostics': meta.get('diagnostics'),
       'train_log': meta['train_log'],  # [step, mean loss, accuracy] over each log interval
       'config': json.loads(exp.config.to_json()),
   }
@@ -572,6 +593,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, wrap_tx=
   if main_proc:
     util.write_json(results_path, results)
     plot_curves(results, os.path.join(workdir, 'curves.png'))
+    if results['diagnostics']:
+      diagnostics.plot(results['diagnostics'], diagnostics.output_path(workdir))
+      logging.info(diagnostics.summary_line(results['diagnostics']))
     writer.close()
     logging.info('Done: test accuracy %.2f%% (best %.2f%%), %s params, %.0f img/s, %s wall time. '
                  'Results in %s', 100 * (results['test_accuracy'] or 0),

@@ -96,19 +96,17 @@ def empty_metrics(sharding) -> Metrics:
   return jax.device_put(Metrics.empty(), sharding)
 
 
-def make_train_step(model, tx, config, source, preprocess: augment_lib.Preprocess, mesh,
-                    compiler_options: dict | None = None, teacher=None, keep_stats=None):
-  """The jitted step `(state, metrics, inputs, key_data, *extra) -> (state, metrics)`, where
-  `inputs` is `source.step_inputs(step)` and `extra` is `(teacher variables,)` when distilling
-  from `teacher` (compress/distill.py), else empty; `keep_stats` (a tree of bools like the batch
-  statistics) marks running statistics the step leaves unchanged. Its key is an argument, so
-  runs that differ only in seed share one compiled (and persistently cached) executable."""
-  rep = distributed.replicated(mesh)
+def make_step_core(model, tx, config, source, preprocess: augment_lib.Preprocess,
+                   teacher=None):
+  """The traced body of a train step, `(state, inputs, key_data, *extra) -> (loss, logits,
+  labels, new batch_stats, grads, updates, new opt_state, (model input, dropout key))`: shared
+  by the train step and the diagnostics (train/diagnostics.py), which so see exactly the
+  step's gradient, update and forward pass."""
   ops = augment_lib.pipeline(config.augment, skip=getattr(source, 'host_ops', ()))
   adv = config.adversarial
   step_size = attack.pgd_step_size(adv.eps, adv.steps, adv.step_size)
 
-  def step(state: TrainState, metrics: Metrics, inputs, key_data, *extra):
+  def core(state: TrainState, inputs, key_data, *extra):
     key = jax.random.fold_in(jax.random.wrap_key_data(key_data), state.step)
     k_aug, k_drop = jax.random.split(key)
     images, y = source.batch(inputs, state.step)
@@ -156,6 +154,25 @@ def make_train_step(model, tx, config, source, preprocess: augment_lib.Preproces
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    return (loss, logits, y, batch_stats, grads, updates, opt_state,
+            (x_adv if adv.method == 'pgd' else x, k_drop))
+
+  return core
+
+
+def make_train_step(model, tx, config, source, preprocess: augment_lib.Preprocess, mesh,
+                    compiler_options: dict | None = None, teacher=None, keep_stats=None):
+  """The jitted step `(state, metrics, inputs, key_data, *extra) -> (state, metrics)`, where
+  `inputs` is `source.step_inputs(step)` and `extra` is `(teacher variables,)` when distilling
+  from `teacher` (compress/distill.py), else empty; `keep_stats` (a tree of bools like the batch
+  statistics) marks running statistics the step leaves unchanged. Its key is an argument, so
+  runs that differ only in seed share one compiled (and persistently cached) executable."""
+  rep = distributed.replicated(mesh)
+  core = make_step_core(model, tx, config, source, preprocess, teacher)
+
+  def step(state: TrainState, metrics: Metrics, inputs, key_data, *extra):
+    loss, logits, y, batch_stats, grads, updates, opt_state, _ = core(state, inputs, key_data,
+                                                                      *extra)
     params = optax.apply_updates(state.params, updates)
     if keep_stats is not None:  # frozen layers keep their running statistics
       batch_stats = jax.tree_util.tree_map(lambda k, new, old: old if k else new, keep_stats,
