@@ -35,7 +35,7 @@ def model_config(name: str) -> ml_collections.ConfigDict:
       'kernel_size': config_dict.placeholder(int),
       'norm': '',                                    # batch | none
       'activation': '',                              # relu leaky_relu elu gelu sigmoid tanh
-      'init': '',                                    # he | xavier | xavier_relu | lecun | orthogonal
+      'init': '',                                    # he | xavier | xavier_relu | lecun | orthogonal | small_normal
       'dropout': config_dict.placeholder(float),
       'pool': '',                                    # max | avg | conv (strided conv)
       'global_pool': '',                             # max | avg

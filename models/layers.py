@@ -41,6 +41,9 @@ INITIALIZERS: dict[str, Callable[..., Any]] = {
     'xavier_relu': nn.initializers.variance_scaling(2.0, 'fan_avg', 'uniform'),
     'lecun': nn.initializers.lecun_normal(),
     'orthogonal': nn.initializers.orthogonal(),
+    # Deliberately bad: N(0, 0.01^2) whatever the fan-in, the "small random numbers" init that
+    # shrinks activations layer by layer in deep plain nets (Glorot & Bengio 2010).
+    'small_normal': nn.initializers.normal(0.01),
 }
 
 NORMS = ('batch', 'none')
