@@ -34,6 +34,12 @@ def test_benchmark_mode_writes_benchmark_json(tmp_path):
           'LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_ELTWISE') in b['xla_flags']
   assert b['conv_impl'] in ('onednn', 'xla') and b['malloc'] in ('tcmalloc', 'system')
   assert not os.path.exists(os.path.join(workdir, 'checkpoints'))  # benchmarking trains nothing
+  assert b['diagnostics'] is None
+  run_main([f'--workdir={workdir}', '--mode=benchmark', '--benchmark_steps=3', *overrides(),
+            '--config.diagnostics.enabled=True', '--config.diagnostics.every_steps=10'])
+  d = json.load(open(os.path.join(workdir, 'benchmark.json')))['diagnostics']
+  assert d['every_steps'] == 10 and d['step_time_ms'] > 0 and d['train_step_time_ms'] > 0
+  assert d['overhead_fraction'] == pytest.approx(d['step_time_ms'] / (10 * d['train_step_time_ms']), rel=1e-2)
 
 
 def test_bfloat16_compute_tracks_float32_losses(tmp_path):

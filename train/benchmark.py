@@ -42,6 +42,32 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
   return 2 * n ** 3 / min(times) / 1e9
 
 
+def time_diagnostics(exp, compiled, state, metrics, source, key, step: int,
+                     steps: int) -> dict | None:
+  """With config.diagnostics on: the diagnostics call and the train step timed alternately
+  (each synchronized, medians), so load on a shared machine slows both alike; the overhead is
+  one call per `every_steps` steps."""
+  if exp.diagnostics_step is None:
+    return None
+  inputs = source.step_inputs(step)
+  diag = exp.diagnostics_step.lower(state, inputs, key).compile()
+  jax.block_until_ready(diag(state, inputs, key))
+  t_diag, t_step = [], []
+  for _ in range(steps):
+    t = time.perf_counter()
+    jax.block_until_ready(diag(state, inputs, key))
+    t_diag.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    state, metrics = compiled(state, metrics, inputs, key)
+    jax.block_until_ready(state)
+    t_step.append(time.perf_counter() - t)
+  every = exp.config.diagnostics.every_steps
+  d, s = statistics.median(t_diag), statistics.median(t_step)
+  return {'every_steps': every, 'step_time_ms': round(1000 * d, 3),
+          'train_step_time_ms': round(1000 * s, 3), 'call_to_step_ratio': round(d / s, 4),
+          'overhead_fraction': round(d / (every * s), 5)}
+
+
 def run(config, workdir: str, steps: int = 30, warmup: int = 3) -> dict:
   """Benchmarks the train step of `config`; returns what it writes to benchmark.json."""
   stream = config.dataset.pipeline == 'streaming'
@@ -112,6 +138,7 @@ def run(config, workdir: str, steps: int = 30, warmup: int = 3) -> dict:
     jax.block_until_ready(state)
     input_wait = max(0.0, 1.0 - (time.perf_counter() - t) / wall)
 
+  diagnostics = time_diagnostics(exp, compiled, state, metrics, source, key, step, steps)
   source.close()
   peak = matmul_peak_gflops()
   step_s = statistics.median(step_times)
@@ -143,7 +170,13 @@ def run(config, workdir: str, steps: int = 30, warmup: int = 3) -> dict:
       'malloc': runtime.malloc(),
       'tcmalloc_release_rate': runtime.tcmalloc_release_rate(),
       'backend': jax.default_backend(),
+      'diagnostics': diagnostics,
   }
+  if diagnostics:
+    logging.info('diagnostics: %.1f ms per call vs %.1f ms per step; every %d steps = %.2f%% '
+                 'of training time', diagnostics['step_time_ms'],
+                 diagnostics['train_step_time_ms'], diagnostics['every_steps'],
+                 100 * diagnostics['overhead_fraction'])
   if stream:
     logging.info('streaming input: pipeline alone %.1f img/s per process; %.1f%% of training '
                  'time lost to input', pipeline_rate, 100 * input_wait)

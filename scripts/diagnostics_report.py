@@ -1,0 +1,137 @@
+"""The table and plot of the initialization / activation / normalization study
+(configs/sweeps/init_activation_norm.py) from its sweep directory: per configuration (trials
+named `<net>_<norm>_<init>_<activation>_seed=N`), the final test accuracy over seeds (mean ±
+sd, diverged runs counted), and from the runs' diagnostics at a fixed step the dead-unit
+fraction (mean over conv layers; ReLU family only) and the gradient norm of the first layer
+and of the head. Writes W/study.json, W/study.md and W/study.png (accuracy per init x
+activation, one panel per net and normalization).
+
+  python scripts/diagnostics_report.py --workdir=runs/init_activation_norm --step=100
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+NAME = re.compile(r'(?P<net>[a-z0-9]+)_(?P<norm>none|batch)_(?P<init>.+)_(?P<act>relu|leaky_relu|'
+                  r'elu|gelu|sigmoid|tanh)_seed=(?P<seed>\d+)$')
+
+
+def at_step(diag: dict, stat: str, layer: str, step: int):
+  """The statistic of `layer` at the last diagnostics step <= `step`."""
+  idx = [i for i, s in enumerate(diag['steps']) if s <= step]
+  values = diag[stat].get(layer) or []
+  return values[idx[-1]] if idx and idx[-1] < len(values) else None
+
+
+def gather(workdir: str, step: int) -> list[dict]:
+  import util
+  from sweeps import runner
+  groups: dict[tuple, list[dict]] = {}
+  root = os.path.join(workdir, 'trials')
+  for name in sorted(os.listdir(root)):
+    m = NAME.match(name)
+    if not m:
+      continue
+    d = os.path.join(root, name)
+    state = runner.state(d)
+    if state not in ('done', 'failed'):
+      continue
+    status = util.read_json(os.path.join(d, runner.STATUS)) or {}
+    diverged = state == 'failed' and 'non-finite' in status.get('error', '')
+    if state == 'failed' and not diverged:
+      continue
+    r = util.read_json(os.path.join(d, runner.RESULTS)) if state == 'done' else None
+    key = (m['net'], m['norm'], m['init'], m['act'])
+    groups.setdefault(key, []).append({'diverged': diverged, 'results': r, 'seed': int(m['seed'])})
+  rows = []
+  for (net, norm, init, act), runs in groups.items():
+    accs = [100 * r['results']['test_accuracy'] for r in runs if r['results']]
+    dead, g_first, g_head = [], [], []
+    for r in runs:
+      diag = (r['results'] or {}).get('diagnostics')
+      if not diag:
+        continue
+      convs = diag['layers'][:-1]
+      d = [at_step(diag, 'dead_fraction', n, step) for n in convs]
+      if d and all(v is not None for v in d):
+        dead.append(100 * float(np.mean(d)))
+      g_first.append(at_step(diag, 'grad_norm', diag['layers'][0], step))
+      g_head.append(at_step(diag, 'grad_norm', diag['layers'][-1], step))
+    rows.append({
+        'net': net, 'norm': norm, 'init': init, 'activation': act, 'runs': len(runs),
+        'diverged': sum(r['diverged'] for r in runs), 'accuracies': [round(a, 2) for a in accs],
+        'mean': float(np.mean(accs)) if accs else None,
+        'sd': float(np.std(accs, ddof=1)) if len(accs) > 1 else None,
+        'dead_percent': float(np.mean(dead)) if dead else None,
+        'grad_norm_first': float(np.exp(np.mean(np.log(g_first)))) if g_first and all(g_first) else None,
+        'grad_norm_head': float(np.exp(np.mean(np.log(g_head)))) if g_head and all(g_head) else None,
+    })
+  return rows
+
+
+def markdown(rows: list[dict], step: int) -> str:
+  lines = [f'| net | norm | init | activation | final test acc % (mean ± sd) | diverged | '
+           f'dead units % (step {step}) | grad norm, first layer (step {step}) | '
+           f'grad norm, head | first / head |', '|---|---|---|---|---:|---:|---:|---:|---:|---:|']
+  for r in rows:
+    acc = '-' if r['mean'] is None else f"{r['mean']:.2f}" + (f" ± {r['sd']:.2f}" if r['sd'] is not None else '')
+    ratio = (f"{r['grad_norm_first'] / r['grad_norm_head']:.3g}"
+             if r['grad_norm_first'] and r['grad_norm_head'] else '-')
+    fmt = lambda v: '-' if v is None else f'{v:.3g}'
+    lines.append(f"| {r['net']} | {r['norm']} | {r['init']} | {r['activation']} | {acc} | "
+                 f"{r['diverged']}/{r['runs']} | {fmt(r['dead_percent'])} | "
+                 f"{fmt(r['grad_norm_first'])} | {fmt(r['grad_norm_head'])} | {ratio} |")
+  lines += ['', 'Gradient norms: geometric mean over seeds. Dead units: channels <= 0 on the '
+            'whole batch, mean over conv layers, for ReLU-family activations only.']
+  return '\n'.join(lines) + '\n'
+
+
+def plot(rows: list[dict], path: str) -> None:
+  from analysis import common
+  plt = common.pyplot()
+  panels = sorted({(r['net'], r['norm']) for r in rows}, key=lambda p: (p[0], p[1] != 'none'))
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+  for ax, (net, norm) in zip(axes[0], panels):
+    sub = [r for r in rows if r['net'] == net and r['norm'] == norm]
+    inits = list(dict.fromkeys(r['init'] for r in sub))
+    acts = list(dict.fromkeys(r['activation'] for r in sub))
+    grid = np.full((len(inits), len(acts)), np.nan)
+    for r in sub:
+      grid[inits.index(r['init']), acts.index(r['activation'])] = r['mean'] if r['mean'] is not None else np.nan
+    im = ax.imshow(grid, vmin=10, vmax=95, cmap='viridis')
+    for i in range(len(inits)):
+      for j in range(len(acts)):
+        ax.text(j, i, '-' if np.isnan(grid[i, j]) else f'{grid[i, j]:.0f}', ha='center',
+                va='center', fontsize=7, color='w' if np.isnan(grid[i, j]) or grid[i, j] < 60 else 'k')
+    ax.set_xticks(range(len(acts)), acts, rotation=45, fontsize=7)
+    ax.set_yticks(range(len(inits)), inits, fontsize=7)
+    ax.set_title(f'{net}, norm {norm}', fontsize=9)
+  fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label='test accuracy (%)')
+  common.save_figure(fig, path, dpi=110)
+
+
+def main() -> None:
+  p = argparse.ArgumentParser()
+  p.add_argument('--workdir', required=True)
+  p.add_argument('--step', type=int, default=100, help='diagnostics step the table reads')
+  a = p.parse_args()
+  import util
+  rows = gather(a.workdir, a.step)
+  util.write_json(os.path.join(a.workdir, 'study.json'), {'step': a.step, 'rows': rows})
+  with open(os.path.join(a.workdir, 'study.md'), 'w') as f:
+    f.write(markdown(rows, a.step))
+  plot(rows, os.path.join(a.workdir, 'study.png'))
+  print(markdown(rows, a.step))
+
+
+if __name__ == '__main__':
+  main()
