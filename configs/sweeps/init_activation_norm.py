@@ -7,9 +7,10 @@ of 16 3x3 convs (4 per stage, widths 16-32-64-64), both with a global-pool linea
     {relu, leaky_relu, elu, sigmoid, tanh} (25 per net)
   - with batch norm: init {he, small_normal} x the same activations (10 per net): whether
     batch norm rescues the bad init and the saturating activations
-3 seeds each (210 trials). A short schedule: 120 steps of 128 from the first 1,000 training
-images per class, SGD-Nesterov lr 0.05 one-cycle, evaluated once on the first 2,000 test
-images; diagnostics every 20 steps. The table (scripts/diagnostics_report.py) reads the dead
+3 seeds each (210 trials). A short schedule: 300 steps of 128 from the first 1,000 training
+images per class, SGD-Nesterov one-cycle to lr 0.05 after a 0.2-epoch warmup, evaluated once
+on the first 2,000 test images; diagnostics every 20 steps. (120 steps with a full-epoch
+warmup left even He-initialized ReLU without normalization at chance: too short to rank.) The table (scripts/diagnostics_report.py) reads the dead
 units and the gradient norms at step 100.
 
   python main.py --mode=sweep --config=configs/sweeps/init_activation_norm.py \\
@@ -37,7 +38,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.name = 'simplenet'
   c.dataset.per_class = 1000
   c.dataset.test_size = 2000
-  c.num_train_steps = 120
+  c.num_train_steps = 300
+  c.schedule.warmup_epochs = 0.2
   c.eval_every_epochs = 1000  # once, at the end
   c.log_every_steps = 20
   c.optimizer.learning_rate = 0.05
