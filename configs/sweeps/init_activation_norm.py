@@ -10,8 +10,9 @@ of 16 3x3 convs (4 per stage, widths 16-32-64-64), both with a global-pool linea
 3 seeds each (210 trials). A short schedule: 300 steps of 128 from the first 1,000 training
 images per class, SGD-Nesterov one-cycle to lr 0.05 after a 0.2-epoch warmup, evaluated once
 on the first 2,000 test images; diagnostics every 20 steps. (120 steps with a full-epoch
-warmup left even He-initialized ReLU without normalization at chance: too short to rank.) The table (scripts/diagnostics_report.py) reads the dead
-units and the gradient norms at step 100.
+warmup left even He-initialized ReLU without normalization at chance: too short to rank.)
+The table (scripts/diagnostics_report.py) reads the dead units and the gradient norms at
+step 100.
 
   python main.py --mode=sweep --config=configs/sweeps/init_activation_norm.py \\
       --workdir=runs/init_activation_norm --parallel=2
