@@ -139,6 +139,10 @@ def test_shipped_width_and_architecture_studies():
   assert vgg.name == 'vgg11_bn_311k_seed=2' and abs(vgg.params - trials[0].params) <= 0.02 * trials[0].params
   config = expand.load_config(study('architectures.py'))
   assert (config.dataset.per_class, config.num_epochs) == (1000, 10)  # the studies' protocol
+  specs = expand.specs_for(study('init_activation_norm.py'), [])
+  assert len(specs) == 210 and {s['model.init'] for s in specs} >= {'he', 'small_normal'}
+  bad_init = [s for s in specs if s['model.init'] == 'small_normal' and s['model.norm'] == 'batch']
+  assert len(bad_init) == 2 * 5 * 3  # nets x activations x seeds
 
 
 def test_dry_run_prints_every_trial_and_trains_nothing(tmp_path):
