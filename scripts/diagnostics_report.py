@@ -2,7 +2,7 @@
 (configs/sweeps/init_activation_norm.py) from its sweep directory: per configuration (trials
 named `<net>_<norm>_<init>_<activation>_seed=N`), the final test accuracy over seeds (mean ±
 sd, diverged runs counted), and from the runs' diagnostics at a fixed step the dead-unit
-fraction (mean over conv layers; ReLU family only) and the gradient norm of the first layer
+fraction (mean over conv layers) and the gradient norm of the first layer
 and of the head. Writes W/study.json, W/study.md and W/study.png (accuracy per init x
 activation, one panel per net and normalization).
 
@@ -21,7 +21,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-NAME = re.compile(r'(?P<net>[a-z0-9]+)_(?P<norm>none|batch)_(?P<init>.+)_(?P<act>relu|leaky_relu|'
+NAME = re.compile(r'(?P<net>[a-z0-9]+)_(?P<norm>none|batch)_(?P<init>.+?)_(?P<act>leaky_relu|relu|'
                   r'elu|gelu|sigmoid|tanh)_seed=(?P<seed>\d+)$')
 
 
@@ -90,8 +90,8 @@ def markdown(rows: list[dict], step: int) -> str:
     lines.append(f"| {r['net']} | {r['norm']} | {r['init']} | {r['activation']} | {acc} | "
                  f"{r['diverged']}/{r['runs']} | {fmt(r['dead_percent'])} | "
                  f"{fmt(r['grad_norm_first'])} | {fmt(r['grad_norm_head'])} | {ratio} |")
-  lines += ['', 'Gradient norms: geometric mean over seeds. Dead units: channels <= 0 on the '
-            'whole batch, mean over conv layers, for ReLU-family activations only.']
+  lines += ['', 'Gradient norms: geometric mean over seeds. Dead units: channels exactly 0 on '
+            'the whole batch (no gradient reaches them), mean over conv layers and seeds.']
   return '\n'.join(lines) + '\n'
 
 

@@ -1,9 +1,10 @@
 """Per-layer training diagnostics (`config.diagnostics`): every `every_steps` steps, for each
 top-level layer of the model (models/summary.layer_order), on that step's batch and state:
 
-  dead_fraction    channels whose output is <= 0 at every example and position of the batch
-                   (the negative side of a ReLU-family unit: relu, leaky_relu, elu, gelu);
-                   None for other activations and for the classifier head
+  dead_fraction    channels whose output is exactly 0 at every example and position of the
+                   batch (a ReLU on its negative side, a sigmoid underflowed): no gradient
+                   reaches their weights. Leaky ReLU and ELU units never die by this
+                   definition, which is their point. None for the classifier head
   activation_mean, activation_std   of the layer's output over the batch
   grad_norm        L2 norm of the layer's gradient (the step's own, before clipping)
   update_ratio     ||update|| / ||weights|| of the step's optimizer update
@@ -33,7 +34,6 @@ import optax
 from errors import UserError
 
 STATS = ('dead_fraction', 'activation_mean', 'activation_std', 'grad_norm', 'update_ratio')
-RELU_FAMILY = ('relu', 'leaky_relu', 'elu', 'gelu')
 HISTOGRAM_SAMPLES = 4096  # output values per layer sent to TensorBoard's histogram
 
 
@@ -45,8 +45,8 @@ def check(config) -> None:
 
 
 def dead_fraction(out: jax.Array) -> jax.Array:
-  """Fraction of channels (last axis) <= 0 at every position of every example."""
-  alive = (out > 0).reshape(-1, out.shape[-1]).any(axis=0)
+  """Fraction of channels (last axis) exactly 0 at every position of every example."""
+  alive = (out != 0).reshape(-1, out.shape[-1]).any(axis=0)
   return 1.0 - alive.mean()
 
 
@@ -66,19 +66,13 @@ def capture(layers: list[str]):
   return store, interceptor
 
 
-def _activation(model, config) -> str:
-  k = getattr(model, 'k', None)
-  return getattr(k, 'act', None) or config.model.activation or 'relu'
-
-
-def make_diagnostics_step(core, model, config, layers: list[str], mesh,
+def make_diagnostics_step(core, model, layers: list[str], mesh,
                           compiler_options: dict | None = None):
   """The jitted `(state, inputs, key_data, *extra) -> {stat: {layer: value}, 'histograms':
   {layer: sample}}` of the train step whose body is `core`."""
   from train import distributed
   rep = distributed.replicated(mesh)
   head = layers[-1]
-  relu_like = _activation(model, config) in RELU_FAMILY
 
   def step(state, inputs, key_data, *extra):
     _, _, _, _, grads, updates, _, (x, k_drop) = core(state, inputs, key_data, *extra)
@@ -95,7 +89,7 @@ def make_diagnostics_step(core, model, config, layers: list[str], mesh,
         a = store[name].astype(jnp.float32)
         out['activation_mean'][name] = a.mean()
         out['activation_std'][name] = a.std()
-        if relu_like and name != head:
+        if name != head:
           out['dead_fraction'][name] = dead_fraction(a)
         flat = a.reshape(-1)
         stride = max(1, flat.shape[0] // HISTOGRAM_SAMPLES)

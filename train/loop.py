@@ -229,8 +229,8 @@ def setup(config, train, test, info: datasets.DatasetInfo,
                                      convs.compiler_options(), teacher=teacher,
                                      keep_stats=keep_stats)
   diagnostics_step = (diagnostics.make_diagnostics_step(
-      steps.make_step_core(model, tx, config, train_source, preprocess, teacher), model, config,
-      order, mesh, convs.compiler_options()) if config.diagnostics.enabled else None)
+      steps.make_step_core(model, tx, config, train_source, preprocess, teacher), model, order,
+      mesh, convs.compiler_options()) if config.diagnostics.enabled else None)
   source_task = (transfer.source_task(config, source, preprocess, mesh, convs)
                  if source is not None and config.finetune.eval_source else None)
   eval_source, eval_step = (evaluator(config, test, model, preprocess, mesh, convs) if test
