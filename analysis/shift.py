@@ -219,6 +219,10 @@ def run_shift(workdir: str, o: Options) -> dict:
   if o.batch < 1 or o.examples < 0:
     raise UserError(f'--shift_batch must be positive and --shift_examples >= 0, got {o.batch} '
                     f'and {o.examples}')
+  import os
+  if o.reference and not os.path.exists(os.path.join(o.reference, 'config.json')):
+    raise UserError(f'--shift_reference {o.reference} is not a trained run (no config.json); '
+                    'pass the workdir of a --mode=train run')
   run = checkpoints.load_run(workdir, o.step)
   ref_run = checkpoints.load_run(o.reference) if o.reference else None
   if ref_run is not None and (tuple(ref_run.info.shape) != tuple(run.info.shape) or

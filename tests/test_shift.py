@@ -65,7 +65,8 @@ def test_bad_corruptions_and_severities_fail_with_one_line(small_trained_net):
   workdir = small_trained_net[0]
   for flag, message in (('--shift_corruptions=fog', "error: unknown corruption 'fog'"),
                         ('--shift_severities=0,3', 'error: severity 0 is outside 1-5'),
-                        ('--shift_severities=x', 'error: --shift_severities must be')):
+                        ('--shift_severities=x', 'error: --shift_severities must be'),
+                        ('--shift_reference=/nonexistent', 'error: --shift_reference /nonexistent is not')):
     proc = run_main(['--mode=shift', f'--workdir={workdir}', flag], check=False)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr[-800:]
   assert not os.path.exists(os.path.join(workdir, 'shift', 'results.json'))
