@@ -107,8 +107,24 @@ def count_params(config: ml_collections.ConfigDict) -> int:
   return summary.param_count(models.create(config.model, info.num_classes), info.shape)
 
 
+# Model sizes by (model config, dataset config): trials that differ in seed or recipe share
+# one model, so a sweep with several seeds sizes and solves each model once.
+_SIZES: dict[tuple, Any] = {}
+
+
+def _model_key(config: ml_collections.ConfigDict, *extra) -> tuple:
+  return (config.model.to_json(sort_keys=True), config.dataset.to_json(sort_keys=True), *extra)
+
+
 def model_stats(config: ml_collections.ConfigDict) -> tuple[int, int, int | None, str]:
   """(params, MACs, depth, layout) of config's model on its dataset's input shape."""
+  key = _model_key(config, 'stats')
+  if key not in _SIZES:
+    _SIZES[key] = _model_stats(config)
+  return _SIZES[key]
+
+
+def _model_stats(config: ml_collections.ConfigDict) -> tuple[int, int, int | None, str]:
   info = datasets.info(config.dataset)
   model = models.create(config.model, info.num_classes)
   params, macs = summary.params_and_macs(model, info.shape)
@@ -127,6 +143,13 @@ def solve_width_multiplier(config: ml_collections.ConfigDict, target: int,
   bracket-and-bisect search finds the crossing; widths are integers, so a layout may be
   unable to land within `tolerance`, which is an error naming the nearest count.
   """
+  key = _model_key(config, 'solve', target, tolerance)
+  if key not in _SIZES:
+    _SIZES[key] = _solve(config, target, tolerance)
+  return _SIZES[key]
+
+
+def _solve(config: ml_collections.ConfigDict, target: int, tolerance: float) -> float:
   cache: dict[float, int] = {}
 
   def params_at(m: float) -> int:
