@@ -32,6 +32,15 @@ def at_step(diag: dict, stat: str, layer: str, step: int):
   return values[idx[-1]] if idx and idx[-1] < len(values) else None
 
 
+def _geomean(values: list) -> float | None:
+  """Geometric mean over seeds (gradient norms span orders of magnitude); an exactly zero
+  gradient (a net with no live path) makes it 0."""
+  v = [x for x in values if x is not None]
+  if not v:
+    return None
+  return 0.0 if min(v) == 0 else float(np.exp(np.mean(np.log(v))))
+
+
 def gather(workdir: str, step: int) -> list[dict]:
   import util
   from sweeps import runner
@@ -72,8 +81,7 @@ def gather(workdir: str, step: int) -> list[dict]:
         'mean': float(np.mean(accs)) if accs else None,
         'sd': float(np.std(accs, ddof=1)) if len(accs) > 1 else None,
         'dead_percent': float(np.mean(dead)) if dead else None,
-        'grad_norm_first': float(np.exp(np.mean(np.log(g_first)))) if g_first and all(g_first) else None,
-        'grad_norm_head': float(np.exp(np.mean(np.log(g_head)))) if g_head and all(g_head) else None,
+        'grad_norm_first': _geomean(g_first), 'grad_norm_head': _geomean(g_head),
     })
   return rows
 
@@ -86,7 +94,7 @@ def markdown(rows: list[dict], step: int) -> str:
     acc = '-' if r['mean'] is None else f"{r['mean']:.2f}" + (f" ± {r['sd']:.2f}" if r['sd'] is not None else '')
     ratio = (f"{r['grad_norm_first'] / r['grad_norm_head']:.3g}"
              if r['grad_norm_first'] and r['grad_norm_head'] else '-')
-    fmt = lambda v: '-' if v is None else f'{v:.3g}'
+    fmt = lambda v: '-' if v is None else f'{v:.3g}'  # noqa: E731
     lines.append(f"| {r['net']} | {r['norm']} | {r['init']} | {r['activation']} | {acc} | "
                  f"{r['diverged']}/{r['runs']} | {fmt(r['dead_percent'])} | "
                  f"{fmt(r['grad_norm_first'])} | {fmt(r['grad_norm_head'])} | {ratio} |")
