@@ -10,10 +10,10 @@ parameters of the noises, the blur, brightness, contrast and JPEG follow CIFAR-1
 (Hendrycks & Dietterich's make_cifar_c). Pixelation averages down to a fraction of the side and
 interpolates back bilinearly, at 0.9-0.5 of the side: with CIFAR-10-C's nearest-neighbour
 upsampling and 0.95-0.65, the misaligned half pixels at 28-32 px made severity 1 farther from
-the clean image than severity 2 (measured), so the levels would not be ordered. the elastic one follows Simard et al.
-(2003, MNIST: alpha 34, sigma 4 at 28x28) scaled to the image side; rotation, translation and
-scaling (ImageNet-P's kinds of perturbation, here as fixed-size transforms) are this project's
-choice. Rotation, translation and scaling fill uncovered pixels with the border's mean.
+the clean image than severity 2 (measured), so the levels would not be ordered. The elastic
+deformation follows Simard et al. (2003, MNIST: alpha 34, sigma 4 at 28x28) scaled to the image
+side; rotation, translation and scaling (ImageNet-P's kinds of perturbation, here as
+fixed-size transforms) are this project's choice. Rotation, translation and scaling fill uncovered pixels with the border's mean.
 
 Outputs in W/shift/: results.json (`clean_accuracy`, `corruptions[c].accuracy[s]`, with a
 reference `mce`, `relative_mce` and `corruptions[c].ce`), results.md (the table),
@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import time
 from typing import Callable, Sequence
 
+import dm_pix as pix
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from analysis import common
 from errors import UserError
 
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -71,7 +74,6 @@ def _affine(x: jax.Array, matrix: jax.Array, shift: jax.Array) -> jax.Array:
   centre = jnp.array([(h - 1) / 2, (w - 1) / 2])
   m = jnp.eye(3).at[:2, :2].set(matrix)
   offset = jnp.zeros(3).at[:2].set(centre - matrix @ centre + shift)
-  import dm_pix as pix
   # Uncovered pixels take the mean of the border (black on Fashion-MNIST): repeating edge
   # pixels would smear objects that touch the border across the image.
   border = jnp.concatenate([x[0], x[-1], x[:, 0], x[:, -1]]).mean(axis=0)
@@ -80,7 +82,6 @@ def _affine(x: jax.Array, matrix: jax.Array, shift: jax.Array) -> jax.Array:
 
 def _one(name: str, p: float, key: jax.Array, x: jax.Array) -> jax.Array:
   """Corruption `name` at parameter `p` of one HWC image in [0, 1]."""
-  import dm_pix as pix
   h, w, c = x.shape
   side = min(h, w)
   if name == 'gaussian_noise':
@@ -213,13 +214,11 @@ def _predictor(run, batch: int):
 def run_shift(workdir: str, o: Options) -> dict:
   """`--mode=shift` on the run in `workdir` (and its reference), into `W/shift/`."""
   from absl import logging
-  from analysis import common
   from train import checkpoints
   check(o.corruptions, o.severities)
   if o.batch < 1 or o.examples < 0:
     raise UserError(f'--shift_batch must be positive and --shift_examples >= 0, got {o.batch} '
                     f'and {o.examples}')
-  import os
   if o.reference and not os.path.exists(os.path.join(o.reference, 'config.json')):
     raise UserError(f'--shift_reference {o.reference} is not a trained run (no config.json); '
                     'pass the workdir of a --mode=train run')
@@ -297,7 +296,6 @@ def examples_png(plt, x: np.ndarray, y: np.ndarray, o: Options, path: str) -> No
         ax.set_title('clean' if s == 0 else f'severity {s}', fontsize=8)
       if k == 0:
         ax.set_ylabel(c, fontsize=7)
-  from analysis import common
   common.save_figure(fig, path)
 
 
@@ -312,5 +310,4 @@ def curve_png(plt, results: dict, path: str) -> None:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, ncol=2)
   ax.set_title(f'{results["model"]}: accuracy under corruption', fontsize=10)
-  from analysis import common
   common.save_figure(fig, path, dpi=110)
