@@ -130,9 +130,14 @@ def _jpeg(x: np.ndarray, quality: int) -> np.ndarray:
   return out.astype(np.float32) / 255.0
 
 
-@functools.partial(jax.jit, static_argnames=('name', 'severity'))
-def _corrupt_jax(x, key, name: str, severity: int):
-  p = PARAMS[name][severity - 1]
+# Corruptions whose parameter sets a shape (a kernel size, a grid) compile once per severity;
+# the others take it as a traced scalar, so all five severities share one executable.
+SHAPE_PARAMS = ('gaussian_blur', 'pixelate')
+
+
+@functools.partial(jax.jit, static_argnames=('name', 'static_p'))
+def _corrupt_jax(x, key, p, name: str, static_p):
+  p = p if static_p is None else static_p
   keys = jax.random.split(key, x.shape[0])
   return jnp.clip(jax.vmap(lambda k, im: _one(name, p, k, im))(keys, x), 0.0, 1.0)
 
@@ -146,7 +151,9 @@ def corrupt(x, name: str, severity: int, key: jax.Array) -> np.ndarray:
     return x
   if name == 'jpeg':
     return _jpeg(x, PARAMS[name][severity - 1])
-  return np.asarray(_corrupt_jax(jnp.asarray(x), key, name, severity))
+  p = PARAMS[name][severity - 1]
+  static_p = p if name in SHAPE_PARAMS else None
+  return np.asarray(_corrupt_jax(jnp.asarray(x), key, jnp.float32(p), name, static_p))
 
 
 def corruption_key(seed: int, name: str, severity: int, batch_index: int) -> jax.Array:
