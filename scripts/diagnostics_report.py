@@ -3,8 +3,8 @@
 named `<net>_<norm>_<init>_<activation>_seed=N`), the final test accuracy over seeds (mean ±
 sd, diverged runs counted), and from the runs' diagnostics at a fixed step the dead-unit
 fraction (mean over conv layers) and the gradient norm of the first layer
-and of the head. Writes W/study.json, W/study.md and W/study.png (accuracy per init x
-activation, one panel per net and normalization).
+and of the head. Writes W/study.json, W/study.md and W/study.png (per init x activation, a
+column per net and normalization: accuracy, and the first layer's gradient norm).
 
   python scripts/diagnostics_report.py --workdir=runs/init_activation_norm --step=100
 """
@@ -41,6 +41,14 @@ def _geomean(values: list) -> float | None:
   return 0.0 if min(v) == 0 else float(np.exp(np.mean(np.log(v))))
 
 
+def _order(net: str, norm: str, init: str, act: str) -> tuple:
+  """The study's own order (configs/sweeps/init_activation_norm.py), unknown names last."""
+  from configs.sweeps import init_activation_norm as study
+  rank = lambda seq, v: seq.index(v) if v in seq else len(seq)  # noqa: E731
+  return (rank(list(study.NETS), net), norm != 'none', rank(study.INITS, init),
+          rank(study.ACTIVATIONS, act), net, init, act)
+
+
 def gather(workdir: str, step: int) -> list[dict]:
   import util
   from sweeps import runner
@@ -62,7 +70,7 @@ def gather(workdir: str, step: int) -> list[dict]:
     key = (m['net'], m['norm'], m['init'], m['act'])
     groups.setdefault(key, []).append({'diverged': diverged, 'results': r, 'seed': int(m['seed'])})
   rows = []
-  for (net, norm, init, act), runs in groups.items():
+  for (net, norm, init, act), runs in sorted(groups.items(), key=lambda kv: _order(*kv[0])):
     accs = [100 * r['results']['test_accuracy'] for r in runs if r['results']]
     dead, g_first, g_head = [], [], []
     for r in runs:
@@ -103,27 +111,38 @@ def markdown(rows: list[dict], step: int) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def plot(rows: list[dict], path: str) -> None:
+def plot(rows: list[dict], path: str, step: int) -> None:
+  """Two rows of heatmaps (init x activation), a column per net and normalization: the final
+  test accuracy, and log10 of the first layer's gradient norm at `step`."""
   from analysis import common
   plt = common.pyplot()
-  panels = sorted({(r['net'], r['norm']) for r in rows}, key=lambda p: (p[0], p[1] != 'none'))
-  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-  for ax, (net, norm) in zip(axes[0], panels):
-    sub = [r for r in rows if r['net'] == net and r['norm'] == norm]
-    inits = list(dict.fromkeys(r['init'] for r in sub))
-    acts = list(dict.fromkeys(r['activation'] for r in sub))
-    grid = np.full((len(inits), len(acts)), np.nan)
-    for r in sub:
-      grid[inits.index(r['init']), acts.index(r['activation'])] = r['mean'] if r['mean'] is not None else np.nan
-    im = ax.imshow(grid, vmin=10, vmax=95, cmap='viridis')
-    for i in range(len(inits)):
-      for j in range(len(acts)):
-        ax.text(j, i, '-' if np.isnan(grid[i, j]) else f'{grid[i, j]:.0f}', ha='center',
-                va='center', fontsize=7, color='w' if np.isnan(grid[i, j]) or grid[i, j] < 60 else 'k')
-    ax.set_xticks(range(len(acts)), acts, rotation=45, fontsize=7)
-    ax.set_yticks(range(len(inits)), inits, fontsize=7)
-    ax.set_title(f'{net}, norm {norm}', fontsize=9)
-  fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label='test accuracy (%)')
+  panels = list(dict.fromkeys((r['net'], r['norm']) for r in rows))
+  fig, axes = plt.subplots(2, len(panels), figsize=(3.4 * len(panels), 6.4), squeeze=False)
+  stats = (('mean', 'test accuracy (%)', (10, 95), lambda v: f'{v:.0f}'),
+           ('grad_norm_first', f'log10 first-layer grad norm, step {step}', (-10, 0),
+            lambda v: f'{v:.1f}'))
+  for row, (key, label, (lo, hi), fmt) in enumerate(stats):
+    for ax, (net, norm) in zip(axes[row], panels):
+      sub = [r for r in rows if r['net'] == net and r['norm'] == norm]
+      inits = list(dict.fromkeys(r['init'] for r in sub))
+      acts = list(dict.fromkeys(r['activation'] for r in sub))
+      grid = np.full((len(inits), len(acts)), np.nan)
+      for r in sub:
+        v = r[key]
+        if v is not None and key == 'grad_norm_first':
+          v = np.log10(v) if v > 0 else -np.inf
+        grid[inits.index(r['init']), acts.index(r['activation'])] = np.nan if v is None else v
+      im = ax.imshow(np.clip(grid, lo, hi), vmin=lo, vmax=hi, cmap='viridis')
+      for i in range(len(inits)):
+        for j in range(len(acts)):
+          v = grid[i, j]
+          text = '-' if np.isnan(v) else ('0 grad' if np.isneginf(v) else fmt(v))
+          dark = np.isnan(v) or np.clip(v, lo, hi) < lo + 0.55 * (hi - lo)
+          ax.text(j, i, text, ha='center', va='center', fontsize=7, color='w' if dark else 'k')
+      ax.set_xticks(range(len(acts)), acts, rotation=45, fontsize=7)
+      ax.set_yticks(range(len(inits)), inits, fontsize=7)
+      ax.set_title(f'{net}, norm {norm}', fontsize=9)
+    fig.colorbar(im, ax=axes[row].tolist(), shrink=0.8, label=label)
   common.save_figure(fig, path, dpi=110)
 
 
@@ -137,7 +156,7 @@ def main() -> None:
   util.write_json(os.path.join(a.workdir, 'study.json'), {'step': a.step, 'rows': rows})
   with open(os.path.join(a.workdir, 'study.md'), 'w') as f:
     f.write(markdown(rows, a.step))
-  plot(rows, os.path.join(a.workdir, 'study.png'))
+  plot(rows, os.path.join(a.workdir, 'study.png'), a.step)
   print(markdown(rows, a.step))
 
 

@@ -74,3 +74,44 @@ def test_diagnostics_interval_must_be_positive(tmp_path):
   assert proc.stderr.strip().splitlines()[-1] == (
       'error: diagnostics.every_steps must be a positive number of steps, got 0')
   assert not os.path.exists(f'{tmp_path}/w/checkpoints')
+
+
+def _study_trial(root, name, config, results=None, error=''):
+  d = os.path.join(root, 'trials', name)
+  os.makedirs(d)
+  json.dump({'name': name, 'config': config}, open(os.path.join(d, 'trial.json'), 'w'))
+  json.dump({'state': 'failed', 'error': error} if error else {'state': 'done'},
+            open(os.path.join(d, 'status.json'), 'w'))
+  if results is not None:
+    json.dump({'config': config, **results}, open(os.path.join(d, 'results.json'), 'w'))
+
+
+def test_study_report_counts_divergence_and_reads_the_fixed_step(tmp_path):
+  import sys
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'scripts'))
+  import diagnostics_report as report
+
+  def diag(dead, first):  # two convs and a head, diagnostics at steps 50 and 100
+    return {'steps': [50, 100], 'layers': ['c0', 'c1', 'head'],
+            'dead_fraction': {'c0': [0.9, dead], 'c1': [0.9, 0.0], 'head': [0.0, 0.0]},
+            'grad_norm': {'c0': [9.0, first], 'c1': [9.0, 1.0], 'head': [9.0, 0.5]}}
+  for seed, (acc, dead, first) in enumerate([(0.5, 0.2, 1e-2), (0.7, 0.4, 1e-4)]):
+    _study_trial(tmp_path, f'vgg16plain_none_he_relu_seed={seed}', {'seed': seed},
+                 {'test_accuracy': acc, 'diagnostics': diag(dead, first)})
+  _study_trial(tmp_path, 'vgg16plain_none_he_relu_seed=2', {'seed': 2},
+               error='loss became non-finite at step 35')
+  _study_trial(tmp_path, 'vgg16plain_none_he_tanh_seed=0', {'seed': 0}, error='out of memory')
+  _study_trial(tmp_path, 'simplenet13_batch_he_relu_seed=0', {'seed': 0},
+               {'test_accuracy': 0.9, 'diagnostics': diag(0.0, 0.0)})
+  rows = report.gather(str(tmp_path), step=100)
+  # the study's order: simplenet13 first; a failure other than divergence is left out
+  assert [(r['net'], r['activation']) for r in rows] == [('simplenet13', 'relu'), ('vgg16plain', 'relu')]
+  r = rows[1]
+  assert r['runs'] == 3 and r['diverged'] == 1 and r['accuracies'] == [50.0, 70.0]
+  assert r['mean'] == pytest.approx(60.0) and r['sd'] == pytest.approx(np.std([50, 70], ddof=1))
+  assert r['dead_percent'] == pytest.approx(np.mean([10.0, 20.0]))  # convs only, at step 100
+  assert r['grad_norm_first'] == pytest.approx(1e-3) and r['grad_norm_head'] == pytest.approx(0.5)
+  assert rows[0]['grad_norm_first'] == 0.0  # an exactly zero gradient stays zero
+  assert '| vgg16plain | none | he | relu | 60.00 ± 14.14 | 1/3 | 15 |' in report.markdown(rows, 100)
+  report.plot(rows, str(tmp_path / 'study.png'), 100)
+  assert os.path.getsize(tmp_path / 'study.png') > 0
