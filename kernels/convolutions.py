@@ -57,11 +57,29 @@ class Convolutions:
     materializes full-size arrays of broadcast BatchNorm factors and ReLU zeros for YNNPACK to
     read; without them it fuses that work into its own loops (1.15-1.17x the SimpleNet step
     with oneDNN, no difference with XLA's convolutions; docs/speed.md)."""
-    match = _YNN_FLAG.search(os.environ.get('XLA_FLAGS', ''))
-    if self.impl != 'onednn' or not match or _YNN_ELTWISE not in match.group(1).split(','):
-      return None
-    kept = [t for t in match.group(1).split(',') if t != _YNN_ELTWISE]
-    return {'xla_cpu_experimental_ynn_fusion_type': ','.join(kept)}
+    return without_ynn_eltwise() if self.impl == 'onednn' else None
+
+
+def without_ynn_eltwise() -> dict[str, str] | None:
+  """XLA options that leave YNNPACK's elementwise fusions out of one executable (the other
+  fusion types in XLA_FLAGS stay); None when XLA_FLAGS asks for none."""
+  match = _YNN_FLAG.search(os.environ.get('XLA_FLAGS', ''))
+  if not match or _YNN_ELTWISE not in match.group(1).split(','):
+    return None
+  kept = [t for t in match.group(1).split(',') if t != _YNN_ELTWISE]
+  return {'xla_cpu_experimental_ynn_fusion_type': ','.join(kept)}
+
+
+def run_once(fn: Callable, *args, **jit_kwargs):
+  """jax.jit(fn, **jit_kwargs)(*args) for one-off work such as a model's initialization. XLA:CPU
+  rejects the column-major outputs of its LAPACK calls inside YNNPACK's elementwise fusions
+  ("unsupported layout in YNN fusion": the QR of the orthogonal init), so a computation that
+  calls LAPACK compiles without them; any other keeps the default options, and its values."""
+  lowered = jax.jit(fn, **jit_kwargs).lower(*args)
+  options = None
+  if jax.default_backend() == 'cpu' and '@lapack_' in lowered.as_text():
+    options = without_ynn_eltwise()
+  return lowered.compile(compiler_options=options)(*args)
 
 
 XLA = Convolutions()

@@ -1,6 +1,7 @@
 """The model zoo: reference parameter counts, output shapes, a few training steps per family,
 what each knob claims to change, and 1-D / 3-D inputs."""
 
+import json
 import os
 import re
 import sys
@@ -388,3 +389,12 @@ def test_1d_and_3d_inputs(name, shape):
   assert kernel.ndim == len(shape) + 1  # an N-d conv, not a reshaped 2-D one
   rows = summary.layer_table(model, shape)[0]  # the summary handles N-d too
   assert len(rows[0].receptive_field) == len(shape) - 1
+
+
+def test_orthogonal_init_trains_under_main_pys_xla_flags(tmp_path):
+  # main.py turns on YNNPACK's elementwise fusions, which reject the column-major output of
+  # LAPACK's QR inside a fusion; the initialization must compile without them.
+  from conftest import overrides, run_main
+  run_main([f'--workdir={tmp_path}', *overrides(model__init='orthogonal', model__layers='32,32,p,16', num_train_steps=2)])
+  r = json.load(open(os.path.join(tmp_path, 'results.json')))
+  assert r['steps'] == 2 and np.isfinite(r['test_loss'])

@@ -22,6 +22,7 @@ from clu import metrics as clu_metrics
 from analysis import attack
 from compress import distill
 from data import augment as augment_lib
+from kernels import convolutions
 from train import distributed
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -79,7 +80,7 @@ def create_train_state(model, tx, example_shape, key: jax.Array, sharding,
 
   if variables is not None:  # e.g. a checkpoint loaded on one device: placed like the state
     variables = jax.device_put(variables, sharding)
-  return jax.jit(init, out_shardings=sharding)(variables)
+  return convolutions.run_once(init, variables, out_shardings=sharding)
 
 
 def run_keys(seed: int, sharding) -> tuple[jax.Array, jax.Array, jax.Array]:

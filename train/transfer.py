@@ -29,6 +29,7 @@ import numpy as np
 
 import models
 from errors import UserError
+from kernels import convolutions
 
 # --------------------------------------------------------------------------- layer lists
 
@@ -228,9 +229,9 @@ def initial_variables(config, model, example_shape, key, source, this_dataset: d
   when the classes differ: in count, or in which classes of which dataset). `this_dataset` is
   this run's datasets.identity; `order` the model's layer_order when the caller has it.
   record = results.json's `init_from`."""
-  fresh = jax.jit(lambda k: model.init({'params': k, 'dropout': k},
-                                       jnp.zeros((1, *example_shape), jnp.float32),
-                                       train=False))(key)
+  fresh = convolutions.run_once(lambda k: model.init({'params': k, 'dropout': k},
+                                                    jnp.zeros((1, *example_shape), jnp.float32),
+                                                    train=False), key)
   fresh = {'params': fresh['params'], 'batch_stats': fresh.get('batch_stats', {})}
   src = {'params': source.variables['params'], 'batch_stats': source.variables['batch_stats']}
   if config.finetune.progressive:  # column A is the source network, whole
