@@ -429,9 +429,14 @@ def write_plots(rows: Sequence[dict], workdir: str, title: str,
   bar = 0.8 / max(1, len(groups))
   for i, label in enumerate(sorted(groups, key=_natural)):
     pts = groups[label]
-    means = dict((x, m) for x, m, _ in pts)
-    xs = [j + i * bar for j, p in enumerate(order) if p in means]
-    ax.bar(xs, [means[p] for p in order if p in means], width=bar, label=label)
+    cell = {x: (m, v) for x, m, v in pts}
+    xs = [j + i * bar for j, p in enumerate(order) if p in cell]
+    shown = [cell[p] for p in order if p in cell]
+    sds = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for _, v in shown]
+    ax.bar(xs, [m for m, _ in shown], width=bar, yerr=sds, capsize=3, label=label)
+    for x, (_, values) in zip(xs, shown):  # the seeds, as dots on their bar
+      if len(values) > 1:
+        ax.scatter([x] * len(values), values, color='black', alpha=0.4, s=10, zorder=3)
   ax.set_xticks([j + bar * (len(groups) - 1) / 2 for j in range(len(order))], order)
   accs = [m for pts in groups.values() for _, m, _ in pts]
   if accs:
@@ -440,7 +445,7 @@ def write_plots(rows: Sequence[dict], workdir: str, title: str,
   else:
     ax.text(0.5, 0.5, 'no finished trials yet', ha='center', transform=ax.transAxes)
   ax.set_xlabel('1x1 convolutions')
-  ax.set_ylabel('final test accuracy (%)')
+  ax.set_ylabel('final test accuracy (%, mean ± sd, seeds as dots)')
   ax.set_title(f'{title}: 1x1 placement', fontsize=10)
   fig.tight_layout()
   fig.savefig(paths[4], dpi=110)
