@@ -301,6 +301,11 @@ def _series(rows: Sequence[dict], x_of: Callable[[dict], Any],
   return {s: [(x, sum(v) / len(v), v) for x, v in sorted(pts.items())] for s, pts in cells.items()}
 
 
+def _sd(values: Sequence[float]) -> float:
+  """Sample standard deviation over seeds; 0 for a single seed (an error bar of nothing)."""
+  return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def _natural(label: str) -> list:
   """Sort key that orders 'depth 8' before 'depth 10'."""
   return [int(p) if p.isdigit() else p for p in re.split(r'(\d+)', label)]
@@ -313,7 +318,7 @@ def _plot_lines(ax, data, xlabel: str, names: dict | None = None) -> None:
     pts = data[label]
     xs = [p[0] for p in pts]
     joined = names is None or max(xs) > 1.1 * min(xs)
-    sds = [float(np.std(p[2], ddof=1)) if len(p[2]) > 1 else 0.0 for p in pts]
+    sds = [_sd(p[2]) for p in pts]
     line, *_ = ax.errorbar(xs, [p[1] for p in pts], yerr=sds, marker='o', label=label,
                            linestyle='-' if joined else 'none', capsize=3)
     for x, mean, values in pts:
@@ -432,7 +437,7 @@ def write_plots(rows: Sequence[dict], workdir: str, title: str,
     cell = {x: (m, v) for x, m, v in pts}
     xs = [j + i * bar for j, p in enumerate(order) if p in cell]
     shown = [cell[p] for p in order if p in cell]
-    sds = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for _, v in shown]
+    sds = [_sd(v) for _, v in shown]
     ax.bar(xs, [m for m, _ in shown], width=bar, yerr=sds, capsize=3, label=label)
     for x, (_, values) in zip(xs, shown):  # the seeds, as dots on their bar
       if len(values) > 1:
