@@ -327,6 +327,8 @@ def _plot_lines(ax, data, xlabel: str, names: dict | None = None) -> None:
       if names:
         ax.annotate(names.get((label, x), ''), (x, mean), fontsize=7, xytext=(4, 4),
                     textcoords='offset points')
+  if names:
+    ax.margins(x=0.15)  # room for the last point's label
   ax.set_xlabel(xlabel)
   ax.set_ylabel('final test accuracy (%, mean ± sd over seeds)')
   ax.grid(alpha=0.3)
@@ -334,6 +336,15 @@ def _plot_lines(ax, data, xlabel: str, names: dict | None = None) -> None:
     ax.legend(fontsize=8)
   else:
     ax.text(0.5, 0.5, 'no finished trials yet', ha='center', transform=ax.transAxes)
+
+
+def _point_label(row: dict, with_1x1: bool) -> str:
+  """A point's name on a plot: its configuration (trial name without the seed), less the
+  line's own 1x1 key (full trial names overrun the axes)."""
+  label = configuration_of(row)
+  if with_1x1:
+    label = re.sub(r'(^|_)one_by_one=[^_]+', '', label).strip('_')
+  return label
 
 
 def _swept(rows: Sequence[dict], key: str) -> bool:
@@ -406,7 +417,7 @@ def write_plots(rows: Sequence[dict], workdir: str, title: str,
   _plot_curves(plt, rows, paths[1], title)
   with_1x1 = _swept(rows, 'model.one_by_one')
   placement_of = lambda r: r['one_by_one'] if with_1x1 else 'all trials'
-  names = {(placement_of(r), r['params']): r['trial'] for r in rows}
+  names = {(placement_of(r), r['params']): _point_label(r, with_1x1) for r in rows}
   fig, ax = plt.subplots(figsize=(6, 4))
   _plot_lines(ax, _series(rows, lambda r: r['params'], placement_of), 'parameters', names)
   if len({r['params'] for r in rows}) > 1 and max(r['params'] for r in rows) > 4 * min(r['params'] for r in rows):

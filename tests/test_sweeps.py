@@ -265,6 +265,9 @@ def test_report_aggregates_seeds_with_intervals_and_significance(tmp_path):
     assert lo < e['diff'] < hi and lo <= e['diff_ci95_bootstrap'][0] <= e['diff_ci95_bootstrap'][1] <= hi + 1e-9
   assert wide['diff'] == pytest.approx(93.1 - 270.2 / 3) and wide['diff_ci95_welch'][0] > 0 and wide['significant']
   assert noise['diff_ci95_welch'][0] < 0 < noise['diff_ci95_welch'][1] and not noise['significant']
+  rows = report.gather(str(work))  # plot labels: the configuration, without seed or 1x1 key
+  assert {report._point_label(r, False) for r in rows} == {f'width_multiplier={m}' for m in accs}
+  assert report._point_label({'trial': 'one_by_one=none_width_multiplier=2_seed=1'}, True) == 'width_multiplier=2'
   assert report.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
   assert report.welch([1, 1], [1, 1])['p'] == 1.0 and report.welch([1], [1, 2]) is None
   # Through the mode: the reference comes from sweep.json, --reference overrides it.
