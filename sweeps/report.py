@@ -11,9 +11,11 @@ Writes into the sweep's workdir:
                                    Markdown starts with the per-configuration table
   accuracy_by_configuration.png    mean and 95% CI per configuration, seeds as dots
   curves.png                       test accuracy at each evaluation, mean over seeds
-  accuracy_vs_params.png           one curve per 1x1 placement
+  accuracy_vs_params.png           one curve per 1x1 placement (points joined only when the
+                                   sweep varies the width; other points are separate designs)
   accuracy_vs_depth.png            one curve per width (multiplier, or parameter budget)
   one_by_one_placement.png         bars per placement, grouped by width and depth
+  accuracy_vs_macs.png             as accuracy_vs_params.png, against multiply-accumulates
 Failed and unfinished trials are rows too (status, error), and are listed again under the
 table; statistics and plots use finished trials. The accuracy compared is the final one: the
 best-over-evaluations accuracy picks its epoch on the test set and is biased upwards.
@@ -35,7 +37,7 @@ import util
 from sweeps import runner
 
 PLOTS = ('accuracy_by_configuration.png', 'curves.png', 'accuracy_vs_params.png',
-         'accuracy_vs_depth.png', 'one_by_one_placement.png')
+         'accuracy_vs_depth.png', 'one_by_one_placement.png', 'accuracy_vs_macs.png')
 BOOTSTRAP_RESAMPLES = 10_000
 PLACEMENT_ORDER = ('none (all 3x3)', 'early', 'middle', 'end')
 
@@ -311,13 +313,14 @@ def _natural(label: str) -> list:
   return [int(p) if p.isdigit() else p for p in re.split(r'(\d+)', label)]
 
 
-def _plot_lines(ax, data, xlabel: str, names: dict | None = None) -> None:
+def _plot_lines(ax, data, xlabel: str, names: dict | None = None, join: bool = True) -> None:
   """One line per series; with `names` ({(series, x): label}) the points are labelled and,
-  where x barely varies (a parameter budget), not joined: such a line would mean nothing."""
+  where x barely varies (a parameter budget) or `join` is off, not joined: such a line would
+  mean nothing."""
   for label in sorted(data, key=_natural):
     pts = data[label]
     xs = [p[0] for p in pts]
-    joined = names is None or max(xs) > 1.1 * min(xs)
+    joined = names is None or (join and max(xs) > 1.1 * min(xs))
     sds = [_sd(p[2]) for p in pts]
     line, *_ = ax.errorbar(xs, [p[1] for p in pts], yerr=sds, marker='o', label=label,
                            linestyle='-' if joined else 'none', capsize=3)
@@ -417,15 +420,20 @@ def write_plots(rows: Sequence[dict], workdir: str, title: str,
   _plot_curves(plt, rows, paths[1], title)
   with_1x1 = _swept(rows, 'model.one_by_one')
   placement_of = lambda r: r['one_by_one'] if with_1x1 else 'all trials'
-  names = {(placement_of(r), r['params']): _point_label(r, with_1x1) for r in rows}
-  fig, ax = plt.subplots(figsize=(6, 4))
-  _plot_lines(ax, _series(rows, lambda r: r['params'], placement_of), 'parameters', names)
-  if len({r['params'] for r in rows}) > 1 and max(r['params'] for r in rows) > 4 * min(r['params'] for r in rows):
-    ax.set_xscale('log')
-  ax.set_title(f'{title}: accuracy vs parameters', fontsize=10)
-  fig.tight_layout()
-  fig.savefig(paths[2], dpi=110)
-  plt.close(fig)
+  # A line through points means one knob turned; different designs stay separate points.
+  join = _swept(rows, 'model.width_multiplier')
+  for key, xlabel, path in (('params', 'parameters', paths[2]),
+                            ('macs', 'multiply-accumulates per image', paths[5])):
+    names = {(placement_of(r), r[key]): _point_label(r, with_1x1) for r in rows}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    _plot_lines(ax, _series(rows, lambda r: r[key], placement_of), xlabel, names, join)
+    xs = [r[key] for r in rows if r[key]]
+    if xs and max(xs) > 4 * min(xs):
+      ax.set_xscale('log')
+    ax.set_title(f'{title}: accuracy vs {xlabel.split()[0]}', fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
   fig, ax = plt.subplots(figsize=(6, 4))
   _plot_lines(ax, _series(rows, lambda r: r['depth'],
