@@ -135,8 +135,11 @@ def test_shipped_width_and_architecture_studies():
   assert len(specs) == 24 and {s['model.width_multiplier'] for s in specs} == {0.25, 0.5, 1.0, 2.0}
   trials = expand.expand(study('architectures.py'))
   assert len(trials) == 21 and trials[0].name == 'simplenet_cifar_310k_seed=0'
-  vgg = trials[-1]
+  vgg = trials[5]
   assert vgg.name == 'vgg11_bn_311k_seed=2' and abs(vgg.params - trials[0].params) <= 0.02 * trials[0].params
+  bn = {t.name: t.config['model']['norm'] for t in trials if t.name.endswith('_bn_seed=0')}
+  assert bn == {'allconv_c_bn_seed=0': 'batch', 'nin_bn_seed=0': 'batch'}  # unnormalized nets get BN
+  assert trials[-1].name == 'densenet_bc_100_k12_seed=2'
   config = expand.load_config(study('architectures.py'))
   assert (config.dataset.per_class, config.num_epochs) == (1000, 10)  # the studies' protocol
   specs = expand.specs_for(study('init_activation_norm.py'), [])
