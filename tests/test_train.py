@@ -153,6 +153,24 @@ def test_kill_and_resume_gives_bitwise_identical_params(tmp_path):
   assert_kill_and_resume_is_bitwise(args, tmp_path, kill_after_step=10)
 
 
+def test_resume_from_an_epoch_checkpoint_keeps_that_epochs_evaluation(tmp_path):
+  """Epoch 1's checkpoint is written before epoch 1's evaluation: a run resumed from it (the
+  later checkpoint and results gone, as after a kill in between) still has that curve point."""
+  import shutil
+  from train import loop
+  c = default.get_config()
+  for key, value in {**TINY, 'num_train_steps': 32, 'checkpoint_every_steps': 16}.items():
+    parent, _, leaf = key.rpartition('.')
+    (c[parent] if parent else c)[leaf] = value
+  ref = loop.train_and_evaluate(c, str(tmp_path / 'ref'))
+  shutil.copytree(tmp_path / 'ref', tmp_path / 'cut')
+  shutil.rmtree(tmp_path / 'cut' / 'checkpoints' / '32')
+  os.remove(tmp_path / 'cut' / 'results.json')
+  again = loop.train_and_evaluate(c, str(tmp_path / 'cut'))
+  curve = lambda r: [(h['step'], h['test_accuracy'], h['test_loss']) for h in r['history']]
+  assert [h['step'] for h in ref['history']] == [16, 32] and curve(again) == curve(ref)
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(workdir):
   # lr x1e30 from epoch 1 on (16 steps/epoch): the loss overflows a few steps later.
   proc = run_main([f'--workdir={workdir}', *overrides(

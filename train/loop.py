@@ -382,6 +382,12 @@ def train_epoch(run: _Run, step: int) -> int:
   return step
 
 
+def eval_due(exp: Experiment, step: int) -> bool:
+  """Whether `step` ends an epoch whose test evaluation the config asks for."""
+  epochs = step // exp.steps_per_epoch
+  return step % exp.steps_per_epoch == 0 and epochs % exp.config.eval_every_epochs == 0
+
+
 def evaluate_now(run: _Run, step: int) -> dict[str, float]:
   """Evaluates the current state on the test split and records it in the history."""
   exp = run.exp
@@ -571,6 +577,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, wrap_tx=
                  exp.convolutions.impl, runtime.malloc(), type(exp.train_source).__name__)
   run = _Run(exp, workdir, meta, mngr, writer, t_start)
   step = int(exp.state.step)
+  # An epoch's checkpoint is written before its evaluation: a run stopped in between resumes
+  # without that point of the curve, so it is evaluated again (the same state, the same number).
+  if 0 < step < exp.total_steps and eval_due(exp, step) and \
+      not any(h['step'] == step for h in meta['history']):
+    evaluate_now(run, step)
   results_path = os.path.join(workdir, 'results.json')
   if step >= exp.total_steps and os.path.exists(results_path):
     logging.info('Run already complete at step %d; results in %s', step, results_path)
@@ -580,9 +591,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, wrap_tx=
       return json.load(f)
   while step < exp.total_steps:
     step = train_epoch(run, step)
-    epochs_done = step // exp.steps_per_epoch
-    if step == exp.total_steps or (step % exp.steps_per_epoch == 0 and
-                                   epochs_done % config.eval_every_epochs == 0):
+    if step == exp.total_steps or eval_due(exp, step):
       evaluate_now(run, step)
   if mngr.latest_step() != exp.total_steps:
     run.save(exp.total_steps)
