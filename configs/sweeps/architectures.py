@@ -4,8 +4,9 @@ protocol, 3 seeds).
 
 The reference is `simplenet_cifar_310k`. The others: ResNet-20 and -56 (He et al., CIFAR
 option A), DenseNet-BC-100 k=12, All-CNN-C and NiN (both with batch norm added: see below), and
-VGG-11-BN's conv stack with its width solved to SimpleNet's parameter count. The SimpleNet README's CIFAR-10 numbers (../../shared/
-REFERENCES.md): slim 310K 91.98, ResNet-110 1.7M 93.57, NiN 1M 91.19, All-CNN 1.3M 92.75.
+VGG-11-BN's conv stack with its width solved to SimpleNet's parameter count. The SimpleNet
+README's CIFAR-10 numbers (../../shared/REFERENCES.md): slim 310K 91.98, ResNet-110 1.7M 93.57,
+NiN 1M 91.19, All-CNN 1.3M 92.75.
 
   python main.py --mode=sweep --config=configs/sweeps/architectures.py --workdir=runs/architectures
   python main.py --mode=report --workdir=runs/architectures --reference=simplenet_cifar_310k
