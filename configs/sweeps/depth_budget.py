@@ -3,14 +3,11 @@
 SimpNet's 8-, 9-, 10- and 13-layer CIFAR-10 layouts (the 13-layer one is slim SimpleNet), each
 rescaled by a solved width multiplier to 300K parameters +-2% for 28x28x1 inputs. The paper's
 CIFAR-10 accuracies (about 60 epochs, Adadelta): 8L 90.21, 9L 90.55, 10L 90.61, 13L 89.78
-(../../shared/REFERENCES.md). Training is configs/default.py's recipe.
+(../../shared/REFERENCES.md). Training: configs/sweeps/__init__.py's protocol, 3 seeds.
 
   python main.py --mode=sweep --config=configs/sweeps/depth_budget.py --workdir=runs/depth_budget
-  (--sweep=seed=0,1,2 adds seeds)
 
-The shortened run in docs/study1 adds --config.num_epochs=1
---config.schedule.warmup_epochs=0.3: 46 minutes on a 2-core CPU shared with other jobs (the
-8- to 10-layer nets need 1.6-1.9x the MACs of the 13-layer one).
+Results and reading: docs/architecture_studies.md (12 trials, about an hour on 2 CPU cores).
 """
 
 import ml_collections

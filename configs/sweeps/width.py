@@ -4,13 +4,12 @@ layers (`one_by_one=default`) and with them made 3x3 (`none`), on Fashion-MNIST.
 SimpleNet's claim is that a well-designed narrow net is competitive with far larger ones
 (slim 310K: 91.98 vs the 5.48M net's 95.51 on CIFAR-10, ../../shared/REFERENCES.md), and
 SimpNet's that 1x1s at the end save parameters at little cost. Training is
-configs/default.py's recipe.
+configs/sweeps/__init__.py's protocol, 3 seeds.
 
   python main.py --mode=sweep --config=configs/sweeps/width.py --workdir=runs/width
 
-Cost on 2 CPU cores: MACs grow with the square of the multiplier; the eight trials together
-need about 11x the MACs of slim SimpleNet (about 160 s per epoch), roughly 30 minutes per
-epoch for the study, most of it in the two x2 trials.
+Results and reading: docs/architecture_studies.md (24 trials, about 3.6 hours on 2 CPU cores,
+most of it in the x2 trials: MACs grow with the square of the multiplier).
 """
 
 import ml_collections
