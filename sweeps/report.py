@@ -13,9 +13,13 @@ Writes into the sweep's workdir:
   curves.png                       test accuracy at each evaluation, mean over seeds
   accuracy_vs_params.png           one curve per 1x1 placement (points joined only when the
                                    sweep varies the width; other points are separate designs)
-  accuracy_vs_depth.png            one curve per width (multiplier, or parameter budget)
-  one_by_one_placement.png         bars per placement, grouped by width and depth
   accuracy_vs_macs.png             as accuracy_vs_params.png, against multiply-accumulates
+  accuracy_vs_depth.png            one curve per width (multiplier, or parameter budget); only
+                                   when every trial is a layout net and depths differ
+  one_by_one_placement.png         bars per placement, grouped by width and depth; only when
+                                   the sweep sets model.one_by_one / num_one_by_one
+A plot that does not apply is not drawn (and an earlier report's copy is removed): a depth
+axis for ResNets, or 1x1 bars for designs that differ in everything else, would mislead.
 Failed and unfinished trials are rows too (status, error), and are listed again under the
 table; statistics and plots use finished trials. The accuracy compared is the final one: the
 best-over-evaluations accuracy picks its epoch on the test set and is biased upwards.
@@ -37,7 +41,8 @@ import util
 from sweeps import runner
 
 PLOTS = ('accuracy_by_configuration.png', 'curves.png', 'accuracy_vs_params.png',
-         'accuracy_vs_depth.png', 'one_by_one_placement.png', 'accuracy_vs_macs.png')
+         'accuracy_vs_macs.png', 'accuracy_vs_depth.png', 'one_by_one_placement.png')
+ALWAYS_PLOTTED = PLOTS[:4]
 BOOTSTRAP_RESAMPLES = 10_000
 PLACEMENT_ORDER = ('none (all 3x3)', 'early', 'middle', 'end')
 
@@ -259,7 +264,7 @@ def _pct(x: float | None) -> str:
 
 
 def markdown(rows: Sequence[dict], title: str, stats: Sequence[dict] = (),
-             reference: str = '') -> str:
+             reference: str = '', plots: Sequence[str] = ALWAYS_PLOTTED) -> str:
   """The per-configuration table, the per-trial table, the unfinished trials, the plots."""
   keys = _override_keys(rows)
   solved = any(r['budget'] for r in rows)  # show the width each budget was solved to
@@ -285,7 +290,7 @@ def markdown(rows: Sequence[dict], title: str, stats: Sequence[dict] = (),
     lines += ['', '## Not finished', '']
     lines += [f'- `{r["trial"]}`: {r["status"]}' + (f': {r["error"]}' if r['error'] else '') +
               f' (log: `{r["log"]}`)' for r in unfinished]
-  lines += ['', '## Plots', ''] + [f'![{p}]({p})' for p in PLOTS]
+  lines += ['', '## Plots', ''] + [f'![{p}]({p})' for p in plots]
   return '\n'.join(lines) + '\n'
 
 
@@ -356,6 +361,18 @@ def _swept(rows: Sequence[dict], key: str) -> bool:
   return len({r['overrides'].get(key) for r in rows}) > 1
 
 
+def depth_applies(rows: Sequence[dict]) -> bool:
+  """Depth is a comparable axis only when every trial is a layout net (a ResNet's `depth`
+  is not one) and the trials differ in it."""
+  depths = {r['depth'] for r in rows}
+  return None not in depths and len(depths) > 1
+
+
+def placement_applies(rows: Sequence[dict]) -> bool:
+  """1x1 bars compare like with like only when the sweep itself moves the 1x1s."""
+  return _swept(rows, 'model.one_by_one') or _swept(rows, 'model.num_one_by_one')
+
+
 def _plot_configurations(plt, stats: Sequence[dict], path: str, title: str) -> None:
   """Mean and 95% CI per configuration (seeds as dots), the reference's mean as a line."""
   shown = [e for e in stats if e['values']]
@@ -409,12 +426,23 @@ def _plot_curves(plt, rows: Sequence[dict], path: str, title: str) -> None:
   plt.close(fig)
 
 
+def plots_for(rows: Sequence[dict]) -> list[str]:
+  """The plot files that apply to these trials, in PLOTS order."""
+  return [*ALWAYS_PLOTTED, *(['accuracy_vs_depth.png'] if depth_applies(rows) else []),
+          *(['one_by_one_placement.png'] if placement_applies(rows) else [])]
+
+
 def write_plots(rows: Sequence[dict], workdir: str, title: str,
                 stats: Sequence[dict] | None = None) -> list[str]:
+  """Writes plots_for(rows) and removes the other PLOTS left by an earlier report."""
   import matplotlib
   matplotlib.use('Agg')  # files only; no display on compute nodes
   from matplotlib import pyplot as plt
 
+  wanted = plots_for(rows)
+  for p in PLOTS:
+    if p not in wanted and os.path.exists(os.path.join(workdir, p)):
+      os.remove(os.path.join(workdir, p))
   paths = [os.path.join(workdir, p) for p in PLOTS]
   _plot_configurations(plt, aggregate(rows) if stats is None else stats, paths[0], title)
   _plot_curves(plt, rows, paths[1], title)
@@ -423,7 +451,7 @@ def write_plots(rows: Sequence[dict], workdir: str, title: str,
   # A line through points means one knob turned; different designs stay separate points.
   join = _swept(rows, 'model.width_multiplier')
   for key, xlabel, path in (('params', 'parameters', paths[2]),
-                            ('macs', 'multiply-accumulates per image', paths[5])):
+                            ('macs', 'multiply-accumulates per image', paths[3])):
     names = {(placement_of(r), r[key]): _point_label(r, with_1x1) for r in rows}
     fig, ax = plt.subplots(figsize=(6, 4))
     _plot_lines(ax, _series(rows, lambda r: r[key], placement_of), xlabel, names, join)
@@ -435,15 +463,25 @@ def write_plots(rows: Sequence[dict], workdir: str, title: str,
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
+  if 'accuracy_vs_depth.png' in wanted:
+    _plot_depth(plt, rows, paths[4], title, with_1x1)
+  if 'one_by_one_placement.png' in wanted:
+    _plot_placement(plt, rows, paths[5], title)
+  return [os.path.join(workdir, p) for p in wanted]
+
+
+def _plot_depth(plt, rows: Sequence[dict], path: str, title: str, with_1x1: bool) -> None:
   fig, ax = plt.subplots(figsize=(6, 4))
   _plot_lines(ax, _series(rows, lambda r: r['depth'],
                           lambda r: r['width'] + (f', 1x1 {r["one_by_one"]}' if with_1x1 else '')),
               'depth (conv layers)')
   ax.set_title(f'{title}: accuracy vs depth', fontsize=10)
   fig.tight_layout()
-  fig.savefig(paths[3], dpi=110)
+  fig.savefig(path, dpi=110)
   plt.close(fig)
 
+
+def _plot_placement(plt, rows: Sequence[dict], path: str, title: str) -> None:
   with_depth = len({r['depth'] for r in rows}) > 1
   groups = _series(rows, lambda r: r['one_by_one'],
                    lambda r: r['width'] + (f', depth {r["depth"]}' if with_depth else ''))
@@ -472,9 +510,8 @@ def write_plots(rows: Sequence[dict], workdir: str, title: str,
   ax.set_ylabel('final test accuracy (%, mean ± sd, seeds as dots)')
   ax.set_title(f'{title}: 1x1 placement', fontsize=10)
   fig.tight_layout()
-  fig.savefig(paths[4], dpi=110)
+  fig.savefig(path, dpi=110)
   plt.close(fig)
-  return paths
 
 
 def write_report(workdir: str, reference: str = '') -> dict[str, Any]:
@@ -492,10 +529,11 @@ def write_report(workdir: str, reference: str = '') -> dict[str, Any]:
   util.write_json(summary_path, {'reference': reference or None, 'metric': 'test_accuracy (%)',
                                  'configurations': stats})
   write_csv(rows, csv_path)
+  plots = write_plots(rows, workdir, title, stats)
   with open(md_path, 'w') as f:
-    f.write(markdown(rows, title, stats, reference))
+    f.write(markdown(rows, title, stats, reference, [os.path.basename(p) for p in plots]))
   return {'csv': csv_path, 'md': md_path, 'summary': summary_path, 'stats': stats,
-          'plots': write_plots(rows, workdir, title, stats), 'rows': rows}
+          'plots': plots, 'rows': rows}
 
 
 def main(workdir: str, reference: str = '') -> None:

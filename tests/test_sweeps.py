@@ -191,7 +191,7 @@ def test_local_sweep_end_to_end_skips_finished_and_reports_failures(tmp_path):
   assert rows['width_multiplier=0.5']['params'] < rows['width_multiplier=1.0']['params']
   md = open(os.path.join(work, 'results.md')).read()
   assert md.count('| done |') == 2 and '## Not finished' in md and '`too_big`: failed' in md
-  for plot in report.PLOTS:
+  for plot in report.ALWAYS_PLOTTED:
     with open(os.path.join(work, plot), 'rb') as f:
       assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
@@ -223,9 +223,22 @@ def test_report_lists_unfinished_trials_and_needs_a_sweep(tmp_path):
   (row,) = read_csv(work / 'results.csv')
   assert row['status'] == 'pending' and row['trial'] == 'seed=3'
   assert '`seed=3`: pending' in (work / 'results.md').read_text()
-  assert all((work / p).exists() for p in report.PLOTS)
+  assert all((work / p).exists() for p in report.ALWAYS_PLOTTED)
   missing = sweep(['--mode=report', f'--workdir={tmp_path}/none'])
   assert missing.returncode == 2 and missing.stderr.strip().splitlines()[-1].startswith('error: ')
+
+
+def test_depth_and_placement_plots_only_where_they_compare_like_with_like():
+  def row(trial, depth, **overrides):
+    return {'trial': trial, 'depth': depth, 'overrides': overrides}
+  depths = [row('depth8', 8, **{'model.layers': 'a'}), row('depth13', 13, **{'model.layers': 'b'})]
+  assert report.plots_for(depths)[4:] == ['accuracy_vs_depth.png']
+  # Study 4's mix: a ResNet has no layout depth, and VGG against SimpleNet is not a 1x1 study.
+  nets = [row('simplenet', 13, **{'model.name': 's'}), row('vgg', 8, **{'model.layers': 'v'}),
+          row('resnet20', None, **{'model.name': 'resnet20'})]
+  assert report.plots_for(nets) == list(report.ALWAYS_PLOTTED)
+  placements = [row(f'one_by_one={p}', 13, **{'model.one_by_one': p}) for p in ('none', 'end')]
+  assert report.plots_for(placements)[4:] == ['one_by_one_placement.png']
 
 
 def test_slurm_script_runs_one_trial_per_task():
@@ -274,13 +287,16 @@ def test_report_aggregates_seeds_with_intervals_and_significance(tmp_path):
   assert report.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
   assert report.welch([1, 1], [1, 1])['p'] == 1.0 and report.welch([1], [1, 2]) is None
   # Through the mode: the reference comes from sweep.json, --reference overrides it.
+  (work / 'one_by_one_placement.png').write_bytes(b'stale')  # an earlier report's
   proc = sweep(['--mode=report', f'--workdir={work}'])
   assert proc.returncode == 0, proc.stderr[-2000:]
   summary = runner.read_json(str(work / 'summary.json'))
   assert summary['reference'] == 'width_multiplier=0.5' and len(summary['configurations']) == 3
   md = (work / 'results.md').read_text()
   assert '## Over seeds' in md and '| width_multiplier=1 | 3 |' in md and 'yes, also after Holm' in md
-  assert all((work / p).exists() for p in report.PLOTS)
+  # Only width moves: one depth, no 1x1 knob, so neither of those plots is drawn or listed.
+  assert all((work / p).exists() for p in report.ALWAYS_PLOTTED)
+  assert not any((work / p).exists() or p in md for p in report.PLOTS[4:])
   other = sweep(['--mode=report', f'--workdir={work}', '--reference=width_multiplier=2'])
   assert runner.read_json(str(work / 'summary.json'))['reference'] == 'width_multiplier=2', other.stderr
   bad = sweep(['--mode=report', f'--workdir={work}', '--reference=width=9'])
