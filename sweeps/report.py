@@ -264,7 +264,7 @@ def _pct(x: float | None) -> str:
 
 
 def markdown(rows: Sequence[dict], title: str, stats: Sequence[dict] = (),
-             reference: str = '', plots: Sequence[str] = ALWAYS_PLOTTED) -> str:
+             reference: str = '') -> str:
   """The per-configuration table, the per-trial table, the unfinished trials, the plots."""
   keys = _override_keys(rows)
   solved = any(r['budget'] for r in rows)  # show the width each budget was solved to
@@ -290,7 +290,7 @@ def markdown(rows: Sequence[dict], title: str, stats: Sequence[dict] = (),
     lines += ['', '## Not finished', '']
     lines += [f'- `{r["trial"]}`: {r["status"]}' + (f': {r["error"]}' if r['error'] else '') +
               f' (log: `{r["log"]}`)' for r in unfinished]
-  lines += ['', '## Plots', ''] + [f'![{p}]({p})' for p in plots]
+  lines += ['', '## Plots', ''] + [f'![{p}]({p})' for p in plots_for(rows)]
   return '\n'.join(lines) + '\n'
 
 
@@ -443,15 +443,15 @@ def write_plots(rows: Sequence[dict], workdir: str, title: str,
   for p in PLOTS:
     if p not in wanted and os.path.exists(os.path.join(workdir, p)):
       os.remove(os.path.join(workdir, p))
-  paths = [os.path.join(workdir, p) for p in PLOTS]
-  _plot_configurations(plt, aggregate(rows) if stats is None else stats, paths[0], title)
-  _plot_curves(plt, rows, paths[1], title)
+  path = {p: os.path.join(workdir, p) for p in PLOTS}
+  _plot_configurations(plt, aggregate(rows) if stats is None else stats,
+                       path['accuracy_by_configuration.png'], title)
+  _plot_curves(plt, rows, path['curves.png'], title)
   with_1x1 = _swept(rows, 'model.one_by_one')
   placement_of = lambda r: r['one_by_one'] if with_1x1 else 'all trials'
   # A line through points means one knob turned; different designs stay separate points.
   join = _swept(rows, 'model.width_multiplier')
-  for key, xlabel, path in (('params', 'parameters', paths[2]),
-                            ('macs', 'multiply-accumulates per image', paths[3])):
+  for key, xlabel in (('params', 'parameters'), ('macs', 'multiply-accumulates per image')):
     names = {(placement_of(r), r[key]): _point_label(r, with_1x1) for r in rows}
     fig, ax = plt.subplots(figsize=(6, 4))
     _plot_lines(ax, _series(rows, lambda r: r[key], placement_of), xlabel, names, join)
@@ -460,14 +460,14 @@ def write_plots(rows: Sequence[dict], workdir: str, title: str,
       ax.set_xscale('log')
     ax.set_title(f'{title}: accuracy vs {xlabel.split()[0]}', fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path[f'accuracy_vs_{key}.png'], dpi=110)
     plt.close(fig)
 
   if 'accuracy_vs_depth.png' in wanted:
-    _plot_depth(plt, rows, paths[4], title, with_1x1)
+    _plot_depth(plt, rows, path['accuracy_vs_depth.png'], title, with_1x1)
   if 'one_by_one_placement.png' in wanted:
-    _plot_placement(plt, rows, paths[5], title)
-  return [os.path.join(workdir, p) for p in wanted]
+    _plot_placement(plt, rows, path['one_by_one_placement.png'], title)
+  return [path[p] for p in wanted]
 
 
 def _plot_depth(plt, rows: Sequence[dict], path: str, title: str, with_1x1: bool) -> None:
@@ -529,11 +529,10 @@ def write_report(workdir: str, reference: str = '') -> dict[str, Any]:
   util.write_json(summary_path, {'reference': reference or None, 'metric': 'test_accuracy (%)',
                                  'configurations': stats})
   write_csv(rows, csv_path)
-  plots = write_plots(rows, workdir, title, stats)
   with open(md_path, 'w') as f:
-    f.write(markdown(rows, title, stats, reference, [os.path.basename(p) for p in plots]))
+    f.write(markdown(rows, title, stats, reference))
   return {'csv': csv_path, 'md': md_path, 'summary': summary_path, 'stats': stats,
-          'plots': plots, 'rows': rows}
+          'plots': write_plots(rows, workdir, title, stats), 'rows': rows}
 
 
 def main(workdir: str, reference: str = '') -> None:
