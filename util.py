@@ -1,10 +1,14 @@
-"""Small helpers every package shares: atomic JSON files and comma-separated user lists."""
+"""Small helpers every package shares: atomic JSON files, comma-separated user lists, workdir
+checks."""
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from typing import Any, Callable
+
+from absl import logging
 
 from errors import UserError
 
@@ -43,10 +47,19 @@ def parse_list(name: str, text: Any, kind: Callable = int, positive: bool = Fals
 def trained_run_mode(mode: str, verb: str, config, workdir: str) -> None:
   """The arguments of a mode that works on a trained run: --workdir names it, and a --config
   is ignored (the run's own config.json is what it trained with)."""
-  from absl import logging
-  from errors import UserError
   if not workdir:
     raise UserError(f'--workdir is required: the trained run to {verb}')
   if config is not None:
     logging.warning('--mode=%s uses the run\'s own %s; --config is ignored', mode,
                     os.path.join(workdir, 'config.json'))
+
+
+def check_workdir(workdir: str) -> None:
+  """The workdir exists (made if needed) and is writable; a UserError saying so otherwise."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix='.write_test'):
+      pass
+  except OSError as e:
+    raise UserError(f'workdir {workdir} is not writable ({e.strerror}); pass a --workdir you can '
+                    'write to') from None

@@ -1,6 +1,6 @@
 """Analysis of trained runs and of models: one file per capability, each a `--mode`.
 
-A trained run flows: workdir -> train.checkpoints.load_run -> (config, model, variables,
+A trained run flows: workdir -> train.runs.load_run -> (config, model, variables,
 preprocess, test split) -> an analysis function -> `W/<mode>/results.json` + `.md` + figures.
 
   common.py   shared pieces: pick test examples deterministically, write the outputs

@@ -1,4 +1,4 @@
-"""Pieces every analysis mode shares: a trained run comes from `train.checkpoints.load_run`;
+"""Pieces every analysis mode shares: a trained run comes from `train.runs.load_run`;
 here are deterministic example selection and the outputs (`W/<mode>/results.json`, a Markdown
 table, figures) in one place per mode."""
 
@@ -45,7 +45,7 @@ def pick_examples(images: np.ndarray, labels: np.ndarray, n: int, seed: int = 0,
 
 
 def test_examples(run, n: int, seed: int = 0, per_class: bool = False):
-  """`n` test examples of a loaded run (train.checkpoints.load_run), picked as `pick_examples`
+  """`n` test examples of a loaded run (train.runs.load_run), picked as `pick_examples`
   does: (uint8 images, labels, indices into the run's test split)."""
   test = run.test_split()
   return pick_examples(test.images, test.labels, n, seed, per_class)

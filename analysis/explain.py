@@ -2,7 +2,7 @@
 maximization and feature inversion, and the numbers that say how far to trust a map.
 
 Every method is a batched JAX function of (net, variables, images, classes) with images in the
-data's pixel range [0, 255] (the run's normalization happens inside `Net.logits`), so the
+data's pixel range [0, 255] (the run's normalization happens inside `store.runs.Net.logits`), so the
 variables are an argument and one compiled function serves the trained net and its randomized
 copies alike. Intermediate layers are reached with Flax's `nn.intercept_methods` on the
 `ConvNormAct` blocks every family is built of: nothing in models/ is edited for it.
@@ -34,7 +34,10 @@ import optax
 import util
 from analysis import common
 from errors import UserError
+from kernels import convolutions
 from models import layers as layers_lib
+from models import summary
+from store import runs
 
 PIXEL_MAX = 255.0
 
@@ -42,35 +45,7 @@ PIXEL_MAX = 255.0
 # ----------------------------------------------------------------------------- the network
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class Net:
-  """A model and its input normalization; `logits(variables, x)` takes pixels in [0, 255]."""
-  model: Any
-  preprocess: Callable[[jax.Array], jax.Array]
-
-  def logits(self, variables, x: jax.Array) -> jax.Array:
-    return self.model.apply(variables, self.preprocess(x), train=False)
-
-  def with_layer(self, variables, x: jax.Array, layer: str, delta: jax.Array | None = None):
-    """(logits, activation of `layer`), the activation replaced by activation + `delta`."""
-    store = {}
-
-    def interceptor(next_fun, args, kwargs, context):
-      out = next_fun(*args, **kwargs)
-      if context.method_name == '__call__' and '/'.join(context.module.path) == layer:
-        out = out if delta is None else out + delta
-        store['a'] = out
-      return out
-
-    with nn.intercept_methods(interceptor):
-      logits = self.logits(variables, x)
-    if 'a' not in store:
-      raise UserError(f'layer {layer!r} is not in this model; list them with '
-                      '--explain_list_layers')
-    return logits, store['a']
-
-
-def conv_layers(net: Net, variables, example_shape) -> list[tuple[str, tuple[int, ...]]]:
+def conv_layers(net: runs.Net, variables, example_shape) -> list[tuple[str, tuple[int, ...]]]:
   """(name, output shape of one example) of every conv block, in forward order."""
   found = []
 
@@ -90,7 +65,7 @@ def _class_score(logits: jax.Array, classes: jax.Array) -> jax.Array:
   return jnp.take_along_axis(logits, classes[:, None], axis=1)[:, 0]
 
 
-def _input_grad(net: Net, variables, x, classes):
+def _input_grad(net: runs.Net, variables, x, classes):
   """d logit[class] / d x for every image (inference BatchNorm: images are independent)."""
   return jax.grad(lambda x: _class_score(net.logits(variables, x), classes).sum())(x)
 
@@ -454,9 +429,8 @@ def topk_intersection(a: np.ndarray, b: np.ndarray, fraction: float = 0.1) -> fl
   return float(np.mean([len(np.intersect1d(p, q)) / k for p, q in zip(ta, tb)]))
 
 
-def module_order(net: Net, variables, example_shape) -> list[str]:
+def module_order(net: runs.Net, variables, example_shape) -> list[str]:
   """The top-level modules holding parameters, in forward order (models/summary.layer_order)."""
-  from models import summary
   return summary.layer_order(net.model, variables, example_shape)
 
 
@@ -642,26 +616,22 @@ def _targets(net, o: Options, num_classes: int, convs) -> list[tuple[str, Callab
 
 def list_layers(workdir: str) -> list[tuple[str, tuple[int, ...]]]:
   """The conv layers of a trained run's model, with their output shapes."""
-  from train import checkpoints
-  run = checkpoints.load_run(workdir)
-  return conv_layers(Net(run.model, run.preprocess), run.variables, run.info.shape)
+  run = runs.load_run(workdir)
+  return conv_layers(run.net, run.variables, run.info.shape)
 
 
 def run_explain(workdir: str, o: Options) -> dict:
   """`--mode=explain`: everything of this module on a trained run, into `W/explain/`."""
-  import models
-  from kernels import convolutions
-  from train import checkpoints
   check_options(o)
   t_start = time.time()
-  run = checkpoints.load_run(workdir, o.step)
+  run = runs.load_run(workdir, o.step)
   # The run's own convolutions (oneDNN's on AVX-512 CPUs: 20x faster input gradients here than
   # XLA's, whose stem backward is slow); the targeted attack needs second derivatives, which
   # oneDNN's first-order VJP does not give, so it differentiates a copy on XLA's.
   model = run.model
-  net = Net(model, run.preprocess)
-  smooth_net = Net(models.create(run.config.model, run.info.num_classes, run.config.dtype,
-                                 convolutions=convolutions.XLA), run.preprocess)
+  net = run.net
+  smooth_net = runs.Net(runs.build(run.config, run.info.num_classes, run.config.dtype,
+                                   convolutions=convolutions.XLA), run.preprocess)
   # Every array on one device, committed alike: jit caches by placement, and a mix of restored
   # and freshly initialized arrays would recompile at every randomization step.
   device = jax.local_devices()[0]

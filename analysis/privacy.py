@@ -69,7 +69,7 @@ def summary(members: np.ndarray, others: np.ndarray) -> dict:
 
 def training_range(workdir: str) -> tuple[int, float]:
   """[first, end) of the training examples a run used (end = inf when not recorded)."""
-  from train import checkpoints
+  from store import checkpoints, runs
   cfg = checkpoints.load_config(workdir)
   first = int(cfg.dataset.train_offset)
   try:
@@ -82,7 +82,7 @@ def training_range(workdir: str) -> tuple[int, float]:
 def check_references(target_workdir: str, reference_workdirs) -> None:
   """References must be runs on the same data that never trained on the target's examples;
   checked from their configs before anything is compiled."""
-  from train import checkpoints
+  from store import checkpoints, runs
   target = checkpoints.load_config(target_workdir).dataset
   t0, t1 = training_range(target_workdir)
   for ref in reference_workdirs:

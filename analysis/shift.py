@@ -213,15 +213,14 @@ def _predictor(run, batch: int):
   from analysis import attack, explain
   device = jax.local_devices()[0]
   variables = jax.device_put(run.variables, device)
-  f = jax.jit(lambda v, xa: jnp.argmax(attack.logits01(explain.Net(run.model, run.preprocess),
-                                                      v)(xa), -1))
+  f = jax.jit(lambda v, xa: jnp.argmax(runs.Net(run.model, run.preprocess).logits01(v)(xa), -1))
   return lambda xa: np.asarray(f(variables, jnp.asarray(xa)))
 
 
 def run_shift(workdir: str, o: Options) -> dict:
   """`--mode=shift` on the run in `workdir` (and its reference), into `W/shift/`."""
   from absl import logging
-  from train import checkpoints
+  from store import checkpoints, runs
   check(o.corruptions, o.severities)
   if o.batch < 1 or o.examples < 0:
     raise UserError(f'--shift_batch must be positive and --shift_examples >= 0, got {o.batch} '
@@ -229,8 +228,8 @@ def run_shift(workdir: str, o: Options) -> dict:
   if o.reference and not os.path.exists(os.path.join(o.reference, 'config.json')):
     raise UserError(f'--shift_reference {o.reference} is not a trained run (no config.json); '
                     'pass the workdir of a --mode=train run')
-  run = checkpoints.load_run(workdir, o.step)
-  ref_run = checkpoints.load_run(o.reference) if o.reference else None
+  run = runs.load_run(workdir, o.step)
+  ref_run = runs.load_run(o.reference) if o.reference else None
   if ref_run is not None and (tuple(ref_run.info.shape) != tuple(run.info.shape) or
                               ref_run.info.num_classes != run.info.num_classes):
     raise UserError(f'--shift_reference {o.reference} was trained on {ref_run.dataset["name"]} '

@@ -40,20 +40,20 @@ def main() -> None:
   import jax.numpy as jnp
   from analysis import attack, common, explain
   from explain_compare import export
-  from train import checkpoints
-  run = checkpoints.load_run(args.workdir)
+  from store import checkpoints, runs
+  run = runs.load_run(args.workdir)
   images, labels, _ = common.test_examples(run, args.images, seed=0)
   images = images.astype(np.float32)
-  f = attack.logits01(explain.Net(run.model, run.preprocess), run.variables)
+  f = runs.Net(run.model, run.preprocess).logits01(run.variables)
   x, y = jnp.asarray(images) / 255.0, jnp.asarray(labels)
   fns = {
-      'fgsm': jax.jit(lambda x, y: attack.fgsm(f, x, y, args.eps)),
-      'pgd': jax.jit(lambda x, y: attack.pgd(f, x, y, args.eps, steps=args.steps)),
-      'apgd_ce': jax.jit(lambda x, y: attack.apgd(f, x, y, args.eps, steps=args.apgd_steps)[0]),
+      'fgsm': jax.jit(lambda x, y: attacks.fgsm(f, x, y, args.eps)),
+      'pgd': jax.jit(lambda x, y: attacks.pgd(f, x, y, args.eps, steps=args.steps)),
+      'apgd_ce': jax.jit(lambda x, y: attacks.apgd(f, x, y, args.eps, steps=args.apgd_steps)[0]),
       # torchattacks' APGDT runs 9 targets, capped at classes - 1 as ours is.
-      'apgd_t': jax.jit(lambda x, y: attack.apgd_targeted(f, x, y, args.eps,
+      'apgd_t': jax.jit(lambda x, y: attacks.apgd_targeted(f, x, y, args.eps,
                                                           steps=args.apgd_steps)[0]),
-      'square': jax.jit(lambda x, y: attack.square_linf(f, x, y, args.eps,
+      'square': jax.jit(lambda x, y: attacks.square_linf(f, x, y, args.eps,
                                                         args.square_queries)[0]),
   }
   ours = {}
@@ -63,7 +63,7 @@ def main() -> None:
     t = time.perf_counter()
     ours[name] = np.asarray(jax.block_until_ready(fn(x, y)))
     ours[f'{name}_seconds'] = time.perf_counter() - t
-  clean = attack.accuracy(f, x, y)
+  clean = attacks.accuracy(f, x, y)
   with tempfile.TemporaryDirectory() as tmp:
     exported = export(run, images, labels, argparse.Namespace(ig_steps=0, repeats=0))
     np.savez(os.path.join(tmp, 'export.npz'), eps=args.eps, steps=args.steps,
@@ -88,7 +88,7 @@ def main() -> None:
       'fgsm_same_sign_where_both_moved': float(np.mean(
           (np.sign(ours_delta) == np.sign(their_delta))[(ours_delta != 0) & (their_delta != 0)])),
       **{k: v for name in fns for k, v in (
-          (f'{name}_accuracy', attack.accuracy(f, jnp.asarray(ours[name]), y)),
+          (f'{name}_accuracy', attacks.accuracy(f, jnp.asarray(ours[name]), y)),
           (f'torchattacks_{name}_accuracy', float(np.mean(adv[f'{name}_pred'] == labels_np))),
           (f'ours_{name}_examples_per_sec', len(images) / ours[f'{name}_seconds']),
           (f'torchattacks_{name}_examples_per_sec', len(images) / theirs[f'{name}_seconds']))},

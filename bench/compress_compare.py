@@ -31,8 +31,8 @@ def main() -> None:
 
   import jax.numpy as jnp
   from compress import distill, prune, share
-  from train import checkpoints
-  run = checkpoints.load_run(args.workdir)
+  from store import checkpoints, runs
+  run = runs.load_run(args.workdir)
   params = run.variables['params']
   layers = prune.kernels(params)
   flat = {n: np.asarray(v, np.float32) for n, v in prune.flatten(params).items() if n in layers}

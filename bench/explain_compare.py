@@ -70,14 +70,14 @@ def main() -> None:
   import jax
   import jax.numpy as jnp
   from analysis import common, explain
-  from train import checkpoints
-  run = checkpoints.load_run(args.workdir)
+  from store import checkpoints, runs
+  run = runs.load_run(args.workdir)
   if not getattr(run.model, 'layout', None):
     sys.exit('error: explain_compare needs a SimpleNet-family run (the PyTorch copy is SimpleNet)')
   images, labels, _ = common.test_examples(run, args.images, seed=0, per_class=True)
   images = images.astype(np.float32)
   # Both sides at their fastest: the run's own convolutions (oneDNN where the CPU has them).
-  net = explain.Net(run.model, run.preprocess)
+  net = runs.Net(run.model, run.preprocess)
   x, y = jnp.asarray(images), jnp.asarray(labels)
   ig_fn = jax.jit(lambda v, x, y: explain.integrated_gradients(net, v, x, y, jnp.zeros_like(x),
                                                                args.ig_steps)[0])

@@ -32,8 +32,8 @@ def main() -> None:
   args = p.parse_args()
 
   from gan import frechet
-  from train import checkpoints
-  run = checkpoints.load_run(args.classifier)
+  from store import checkpoints, runs
+  run = runs.load_run(args.classifier)
   test = run.test_split()
   order = np.random.default_rng(0).permutation(len(test))
   real_a = frechet.features(run, test.images[order[:args.n]])

@@ -49,7 +49,7 @@ def _pipeline_rate(root: str, shape: str, rrc: str, workers: int, batch: int) ->
   c.dataset.name, c.dataset.data_dir, c.dataset.image_shape = 'folder', root, shape
   c.dataset.num_workers, c.augment.rrc_scale = workers, rrc
   info = datasets.info(c.dataset)
-  ex = streaming.Examples(c.dataset, info, 'train', augment.resized_crop_setting(c.augment))
+  ex = datasets.Examples(c.dataset, info, 'train', augment.resized_crop_setting(c.augment))
   src = streaming.StreamingTrain(ex, c.dataset, batch, 10 * FLAGS.batches, distributed.mesh(), 0)
   rate = src.rate(FLAGS.batches, FLAGS.warmup)
   src.close()

@@ -12,29 +12,16 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import qwix
 
-
-def rules(static: bool = True):
-  import qwix
-  # Per-channel absmax weight scales (qwix's default for conv kernels and dense weights);
-  # activations per tensor, with static scales when calibrated.
-  return [qwix.QuantizationRule(module_path='.*', weight_qtype=jnp.int8, act_qtype=jnp.int8,
-                                act_static_scale=static, act_calibration_method='absmax')]
-
-
-def qat_model(model):
-  """The model with fake-quantized int8 weights and activations in every conv and dense layer
-  (straight-through gradients), for quantization-aware training."""
-  import qwix
-  return qwix.quantize_model(model, qwix.QtProvider(rules(static=False)))
+from models import quantized as quant
 
 
 def ptq(model, variables: dict, calibration: jax.Array, batch_size: int = 250):
   """(int8 model, its variables): static activation scales from the calibration inputs
   (already normalized), averaged over batches as qwix's moving average does, and per-channel
   int8 weights. `model` must use lax convolutions."""
-  import qwix
-  calibrate = qwix.quantize_model(model, qwix.QtProvider(rules()))
+  calibrate = qwix.quantize_model(model, qwix.QtProvider(quant.rules()))
   stats = None
   # Not jitted: qwix's statistics update inside its custom-VJP convolution leaks a tracer under
   # jit (qwix 0.1.8); eager calibration over a few batches costs seconds.
@@ -42,7 +29,7 @@ def ptq(model, variables: dict, calibration: jax.Array, batch_size: int = 250):
   for i in range(0, len(calibration), batch_size):
     v = dict(variables, **({'quant_stats': stats} if stats is not None else {}))
     stats = apply(v, calibration[i:i + batch_size])['quant_stats']
-  quantized = qwix.quantize_model(model, qwix.PtqProvider(rules()))
+  quantized = qwix.quantize_model(model, qwix.PtqProvider(quant.rules()))
   abstract = jax.eval_shape(lambda x: quantized.init(jax.random.key(0), x, train=False),
                             calibration[:1])
   qparams = qwix.quantize_params(variables['params'], abstract['params'], stats)
@@ -111,8 +98,8 @@ def _child(workdir: str, step: int, calibration: int, batch: int) -> None:
   import json
   import models
   from data import datasets
-  from train import checkpoints
-  run = checkpoints.load_run(workdir, step)
+  from store import checkpoints, runs
+  run = runs.load_run(workdir, step)
   plain = models.create(run.config.model, run.info.num_classes, run.config.dtype)
   train = datasets.load_split(run.config.dataset, 'train')
   qmodel, qvars = ptq(plain, run.variables, run.preprocess(jnp.asarray(train.images[:calibration])))

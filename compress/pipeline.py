@@ -19,10 +19,17 @@ import time
 
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
-from compress import codec, int8, prune, share
+import models
 import util
+from analysis import common
+from compress import codec, int8, prune, share
+from data import datasets
 from errors import UserError
+from models import summary
+from store import checkpoints, runs
+from train import distributed, loop, steps, tasks
 
 STAGES = ('prune', 'share', 'huffman', 'int8')
 STAGE_COLUMNS = ('stage', 'params_kept', 'bits_per_weight', 'bytes', 'compression_ratio',
@@ -100,7 +107,6 @@ def stage_config(config, epochs: float, lr_scale: float, train_examples: int):
 def _retrain(config, workdir: str, variables: dict, wrap_tx) -> tuple[dict, float]:
   """Trains a stage (or resumes / skips it); returns its final {'params', 'batch_stats'} and
   its training time over all sessions (results.json's train_time_s)."""
-  from train import checkpoints, loop
   results = loop.train_and_evaluate(config, workdir, wrap_tx=wrap_tx, init_variables=variables)
   state = checkpoints.load_checkpoint(workdir)
   return {'params': state['params'], 'batch_stats': state.get('batch_stats', {})}, \
@@ -128,19 +134,14 @@ def _prefixed(d: dict, prefix: str = 'params/') -> dict:
 
 
 def run_compress(workdir: str, o: Options) -> dict:
-  from absl import logging
-  from analysis import common
-  from data import datasets
-  from models import summary
-  from train import checkpoints, distributed, loop, steps
-  run = checkpoints.load_run(workdir, o.step)
+  run = runs.load_run(workdir, o.step)
   per_layer = check_options(o, run.variables['params'])
   out = common.output_dir(workdir, o.out)
   _check_same_options(out, o)
   test = run.test_split()
   mesh = distributed.mesh()
-  source, eval_step = loop.evaluator(run.config, test, run.model, run.preprocess, mesh,
-                                     run.convolutions)
+  source, eval_step = tasks.get(run.config).evaluation(run.config, test, run.model,
+                                                       run.preprocess, mesh, run.convolutions)
 
   def accuracy(variables: dict) -> float:
     return steps.evaluate(eval_step, distributed.replicate_tree(variables, mesh),
@@ -292,8 +293,6 @@ def _layer_rows(variables, masks, per_layer, layers) -> list[dict]:
 def _int8(run, base: dict, out: str, calibration: int, test) -> tuple[dict, int]:
   """qwix int8 post-training quantization of the fp32 run; accuracy and CPU inference speed
   side by side with fp32 (the run's own convolutions and XLA's)."""
-  import models
-  from data import datasets
   plain = models.create(run.config.model, run.info.num_classes, run.config.dtype)
   train = datasets.load_split(run.config.dataset, 'train')
   calib = run.preprocess(jnp.asarray(train.images[:calibration]))
@@ -320,7 +319,6 @@ def _int8(run, base: dict, out: str, calibration: int, test) -> tuple[dict, int]
 
 
 def _plot(rows: list[dict], path: str, name: str) -> None:
-  from analysis import common
   plt = common.pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
   chain = [r for r in rows if r['stage'] != 'int8']  # the Deep Compression stages, in order

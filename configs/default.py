@@ -78,8 +78,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'decay_epochs': 1.0,     # exponential: epochs between decays (staircase)
       'final_lr_fraction': 0.0,  # cosine / linear / onecycle end value, relative to the peak
   })
-  # Adversarial training (analysis/attack.py's attacks, in [0, 1] pixel units as AutoAttack's
-  # eps): pgd = Madry et al. (train on PGD examples only), trades = Zhang et al. (clean loss +
+  # Adversarial training (train/objectives/adversarial.py; attacks/ in [0, 1] pixel units, eps
+  # as AutoAttack's): pgd = Madry et al. (train on PGD examples only), trades = Zhang et al. (clean loss +
   # trades_beta * KL to the worst point in the ball). Robust accuracy under PGD-`eval_steps` at
   # `eval_eps` (eps when 0 and training adversarially) on the first `eval_examples` test images
   # is evaluated with each test evaluation: results.json `robust_accuracy`, TensorBoard
@@ -95,7 +95,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'eval_steps': 20,
       'eval_examples': 1000,
   })
-  # Knowledge distillation (compress/distill.py): train this config as the student of a trained
+  # Knowledge distillation (train/objectives/distill.py): train this config as the student of a trained
   # run; loss = weight * T^2 * KL(teacher_T || student_T) + (1 - weight) * cross-entropy.
   c.distill = ml_collections.ConfigDict({
       'teacher': '',           # the teacher's workdir ('' = off)
@@ -123,6 +123,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # int8 quantization-aware training through qwix (fake-quantized weights and activations,
   # straight-through gradients); --mode=compress's int8 stage then converts the run.
   c.int8_qat = False
+  # What the run learns (train/tasks.py) and the loss it minimizes (train/objectives/):
+  # cross_entropy (with label_smoothing) | margin (capsule networks' margin loss).
+  c.task = 'classification'
+  c.objective = 'cross_entropy'
   c.label_smoothing = 0.1
   c.ema_decay = 0.0            # > 0: evaluate an exponential moving average of the weights
   c.eval_flip_tta = False      # evaluate on each test image and its mirror, averaged

@@ -16,12 +16,14 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
+from concurrent import futures
 from typing import Optional
 
 import numpy as np
 
-from errors import UserError
 import util
+from data import augment, images as image_io
+from errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,9 +108,8 @@ def _shape(text: str, any_rank: bool = False) -> tuple[int, ...]:
 
 
 def _folder_info(ds_cfg) -> DatasetInfo:
-  from data import images
-  folder = images.scan_folder(os.path.abspath(ds_cfg.data_dir) if ds_cfg.data_dir else '')
-  shape = _shape(ds_cfg.image_shape) if ds_cfg.image_shape else images.folder_shape(folder)
+  folder = image_io.scan_folder(os.path.abspath(ds_cfg.data_dir) if ds_cfg.data_dir else '')
+  shape = _shape(ds_cfg.image_shape) if ds_cfg.image_shape else image_io.folder_shape(folder)
   return DatasetInfo('folder', shape, len(folder.class_names), test_split='val',
                      class_names=folder.class_names, num_train=len(folder.files['train']))
 
@@ -404,8 +405,7 @@ def load_split(ds_cfg, split: str) -> Split:
 def _load_split(ds_cfg, split: str, d: DatasetInfo) -> Split:
   source = resolve_source(ds_cfg)
   if _decoded_one_by_one(ds_cfg, d, source):  # the streaming reader, every example the run uses
-    from data import streaming
-    return streaming.Examples(ds_cfg, d, split).head()
+    return Examples(ds_cfg, d, split).head()
   start = int(ds_cfg.get('train_offset', 0)) if split == 'train' else 0
   size = ds_cfg.train_size if split == 'train' else ds_cfg.test_size
   if source == 'synthetic':
@@ -444,3 +444,66 @@ def identity(ds_cfg, d: DatasetInfo, num_train: int, num_test: int) -> dict:
           'extra_train': os.path.abspath(ds_cfg.extra_train) if ds_cfg.get('extra_train') else '',
           'extra_per_class': int(ds_cfg.get('extra_per_class', 0)),
           'data_dir': os.path.abspath(ds_cfg.data_dir) if ds_cfg.data_dir else ''}
+
+
+class Examples:
+  """Random access to one split as the run sees it (offset and size applied): `load(i)` gives
+  (uint8 image of the run's shape, label). Training examples get the random-resized crop when
+  `rrc` is set; evaluation examples the resize / centre crop of `dataset.crop_fraction`."""
+
+  def __init__(self, ds_cfg, d: DatasetInfo, split: str, rrc=None):
+    self.shape, self.crop_fraction, self.rrc = d.shape, float(ds_cfg.crop_fraction), rrc
+    source = resolve_source(ds_cfg)
+    start = int(ds_cfg.train_offset) if split == 'train' else 0
+    size = int(ds_cfg.train_size if split == 'train' else ds_cfg.test_size)
+    if source == 'folder':
+      folder = image_io.scan_folder(os.path.abspath(ds_cfg.data_dir))
+      self._paths, total = folder.files[split], len(folder.files[split])
+      self._labels = folder.labels[split]
+      self._strict = not ds_cfg.image_shape
+      self._reader = None
+    elif source == 'tfds':
+      self._reader = image_io.tfds_reader(d.tfds_name or d.name, ds_cfg.data_dir,
+                                        d.train_split if split == 'train' else d.test_split)
+      self._keys = supervised_keys(ds_cfg, d)
+      self._paths, total = None, len(self._reader)
+    else:
+      raise UserError(f'dataset.pipeline=streaming reads TFDS datasets and image folders; '
+                      f'{d.name} comes from {source} data, use --config.dataset.pipeline=memory')
+    if start >= total:
+      raise UserError(f'dataset.train_offset {start} leaves none of the {total} training examples')
+    self._start = start
+    self.num_examples = min(total - start, size) if size else total - start
+
+  def __len__(self) -> int:
+    return self.num_examples
+
+  def load(self, i: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, int]:
+    """Example i; with `rng` (training) cropped by the random-resized crop when it is on."""
+    k, strict = self._start + i, ''
+    if self._reader is None:
+      raw, label = image_io.open_image(self._paths[k]), self._labels[k]
+      strict = self._paths[k] if self._strict and rng is None else ''
+    else:
+      ex = self._reader[k]
+      raw, label = ex[self._keys[0]], ex[self._keys[1]]
+    crop = self.rrc if rng is not None else None
+    return image_io.transform(raw, self.shape, self.crop_fraction, crop, rng, strict), int(label)
+
+  def head(self, n: int | None = None) -> Split:
+    """The first n examples (all by default) in memory, as evaluated; decoded by threads, as
+    PIL releases the GIL while decoding."""
+    n = self.num_examples if n is None else min(n, self.num_examples)
+    images_ = np.empty((n, *self.shape), np.uint8)
+    labels = np.empty(n, np.int32)
+    with futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+      for i, (image, label) in enumerate(pool.map(self.load, range(n), chunksize=64)):
+        images_[i], labels[i] = image, label
+    return Split(images_, labels)
+
+  def preprocess(self, max_examples: int = 2048) -> augment.Preprocess:
+    """Per-channel statistics of up to `max_examples` training images spread evenly over the
+    split (every process computes the same ones)."""
+    idx = np.unique(np.linspace(0, self.num_examples - 1, min(max_examples, self.num_examples))
+                    .astype(int))
+    return augment.Preprocess.from_images(np.stack([self.load(int(i))[0] for i in idx]))

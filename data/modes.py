@@ -50,7 +50,6 @@ def augment(config, workdir: str) -> None:
   import util
   from data import augment as augment_lib, datasets, streaming
   from errors import UserError
-  from train import loop
   if FLAGS.augment_examples < 1 or FLAGS.augment_draws < 1:
     raise UserError('--augment_examples and --augment_draws must be positive')
   if not workdir:
@@ -59,7 +58,7 @@ def augment(config, workdir: str) -> None:
   if len(info.shape) != 3:
     raise UserError(f'--mode=augment shows images; {info.name} examples have shape {info.shape}')
   augment_lib.check(config.augment, info.shape[-1])
-  loop.check_workdir(workdir)
+  util.check_workdir(workdir)
   n, draws = FLAGS.augment_examples, FLAGS.augment_draws
   pipe = datasets.pipeline(config.dataset, info)
   if pipe == 'memory':
@@ -71,8 +70,8 @@ def augment(config, workdir: str) -> None:
     preprocess = augment_lib.Preprocess.from_images(train.images[:4096])
   else:
     rrc = augment_lib.resized_crop_setting(config.augment)
-    train = streaming.Examples(config.dataset, info, 'train', rrc)
-    plain = streaming.Examples(config.dataset, info, 'train')
+    train = datasets.Examples(config.dataset, info, 'train', rrc)
+    plain = datasets.Examples(config.dataset, info, 'train')
     # Spread over the split (folders list class by class), reading nothing else.
     idx = sorted({int(i) for i in np.linspace(0, len(train) - 1, min(n, len(train)))})
     originals = np.stack([plain.load(i)[0] for i in idx])

@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import os
 import time
-from concurrent import futures
 
 import grain
 import jax
@@ -28,69 +27,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from data import augment, datasets, images
 from errors import UserError
-
-
-class Examples:
-  """Random access to one split as the run sees it (offset and size applied): `load(i)` gives
-  (uint8 image of the run's shape, label). Training examples get the random-resized crop when
-  `rrc` is set; evaluation examples the resize / centre crop of `dataset.crop_fraction`."""
-
-  def __init__(self, ds_cfg, d: datasets.DatasetInfo, split: str, rrc=None):
-    self.shape, self.crop_fraction, self.rrc = d.shape, float(ds_cfg.crop_fraction), rrc
-    source = datasets.resolve_source(ds_cfg)
-    start = int(ds_cfg.train_offset) if split == 'train' else 0
-    size = int(ds_cfg.train_size if split == 'train' else ds_cfg.test_size)
-    if source == 'folder':
-      folder = images.scan_folder(os.path.abspath(ds_cfg.data_dir))
-      self._paths, total = folder.files[split], len(folder.files[split])
-      self._labels = folder.labels[split]
-      self._strict = not ds_cfg.image_shape
-      self._reader = None
-    elif source == 'tfds':
-      self._reader = images.tfds_reader(d.tfds_name or d.name, ds_cfg.data_dir,
-                                        d.train_split if split == 'train' else d.test_split)
-      self._keys = datasets.supervised_keys(ds_cfg, d)
-      self._paths, total = None, len(self._reader)
-    else:
-      raise UserError(f'dataset.pipeline=streaming reads TFDS datasets and image folders; '
-                      f'{d.name} comes from {source} data, use --config.dataset.pipeline=memory')
-    if start >= total:
-      raise UserError(f'dataset.train_offset {start} leaves none of the {total} training examples')
-    self._start = start
-    self.num_examples = min(total - start, size) if size else total - start
-
-  def __len__(self) -> int:
-    return self.num_examples
-
-  def load(self, i: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, int]:
-    """Example i; with `rng` (training) cropped by the random-resized crop when it is on."""
-    k, strict = self._start + i, ''
-    if self._reader is None:
-      raw, label = images.open_image(self._paths[k]), self._labels[k]
-      strict = self._paths[k] if self._strict and rng is None else ''
-    else:
-      ex = self._reader[k]
-      raw, label = ex[self._keys[0]], ex[self._keys[1]]
-    crop = self.rrc if rng is not None else None
-    return images.transform(raw, self.shape, self.crop_fraction, crop, rng, strict), int(label)
-
-  def head(self, n: int | None = None) -> datasets.Split:
-    """The first n examples (all by default) in memory, as evaluated; decoded by threads, as
-    PIL releases the GIL while decoding."""
-    n = self.num_examples if n is None else min(n, self.num_examples)
-    images_ = np.empty((n, *self.shape), np.uint8)
-    labels = np.empty(n, np.int32)
-    with futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-      for i, (image, label) in enumerate(pool.map(self.load, range(n), chunksize=64)):
-        images_[i], labels[i] = image, label
-    return datasets.Split(images_, labels)
-
-  def preprocess(self, max_examples: int = 2048) -> augment.Preprocess:
-    """Per-channel statistics of up to `max_examples` training images spread evenly over the
-    split (every process computes the same ones)."""
-    idx = np.unique(np.linspace(0, self.num_examples - 1, min(max_examples, self.num_examples))
-                    .astype(int))
-    return augment.Preprocess.from_images(np.stack([self.load(int(i))[0] for i in idx]))
 
 
 class _TrainOrder:
@@ -167,7 +103,7 @@ class StreamingTrain:
   """Training batches streamed by grain (see module docstring)."""
   host_ops = augment.HOST_OPS  # applied while reading; the step runs the other ops
 
-  def __init__(self, examples: Examples, ds_cfg, batch_size: int, steps: int, mesh, seed: int):
+  def __init__(self, examples: datasets.Examples, ds_cfg, batch_size: int, steps: int, mesh, seed: int):
     if batch_size % jax.process_count():
       raise UserError(f'batch_size {batch_size} is not divisible by the {jax.process_count()} '
                       'processes')
@@ -236,7 +172,7 @@ class StreamingEval:
   """A test split streamed in padded global batches: every example exactly once, all processes
   running the same number of batches (the padding is masked out of the metrics)."""
 
-  def __init__(self, examples: Examples, ds_cfg, batch_size: int, mesh):
+  def __init__(self, examples: datasets.Examples, ds_cfg, batch_size: int, mesh):
     n_dev = mesh.size
     self.num_examples = len(examples)
     self.batch_size = -(-min(batch_size, self.num_examples) // n_dev) * n_dev

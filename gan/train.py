@@ -19,7 +19,6 @@ of every class, for `dataset.extra_train`).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
@@ -32,12 +31,13 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 
+import util
 from analysis import common
 from data import datasets
 from errors import UserError
 from gan import frechet
 from models import dcgan, summary
-from train import checkpoints
+from store import checkpoints, runs
 
 
 @flax.struct.dataclass
@@ -180,27 +180,12 @@ def validate(config, workdir: str) -> datasets.DatasetInfo:
   if len(info.shape) != 3 or info.shape[0] % 4 or info.shape[1] % 4:
     raise UserError(f'the DCGAN needs images whose height and width divide by 4; '
                     f'{info.name} is {"x".join(map(str, info.shape))} (set dataset.image_shape)')
-  if not g.classifier or not os.path.isfile(os.path.join(g.classifier, 'config.json')):
-    raise UserError(f'gan.classifier {g.classifier or "(empty)"} is not a trained run: the '
-                    'Fréchet distance needs a classifier trained on the real data, e.g. python '
-                    'main.py --config=configs/default.py --workdir=runs/default')
-  c_info = datasets.info(checkpoints.load_config(g.classifier).dataset)
-  if tuple(c_info.shape) != tuple(info.shape) or c_info.num_classes != info.num_classes:
-    raise UserError(f'gan.classifier {g.classifier} was trained on '
-                    f'{"x".join(map(str, c_info.shape))} images of {c_info.num_classes} classes; '
-                    f'this GAN\'s data is {"x".join(map(str, info.shape))} with '
-                    f'{info.num_classes}: use a classifier of the same data')
+  # The Fréchet distance needs a classifier trained on the real data (e.g. configs/default.py).
+  runs.check_run(g.classifier, 'gan.classifier', info.shape, info.num_classes, what='this GAN')
   datasets.resolve_source(config.dataset)
-  from train import loop
-  loop.check_workdir(workdir)
-  path = os.path.join(workdir, 'config.json')
-  if os.path.isdir(os.path.join(workdir, 'checkpoints')) and os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
-    same = lambda c: {k: v for k, v in c.items() if k not in ('num_train_steps', 'log_every_steps')}
-    if same(old) != same(json.loads(config.to_json())):
-      raise UserError(f'workdir {workdir} holds another GAN run; use a new --workdir or the same '
-                      'config to resume')
+  util.check_workdir(workdir)
+  checkpoints.check_resumable(config, workdir, ('num_train_steps', 'log_every_steps'),
+                              what='another GAN run', classifier=False)
   return info
 
 
@@ -208,7 +193,7 @@ class Evaluator:
   """Fréchet distance and classifier accuracy of generated images against real test images."""
 
   def __init__(self, gan: Gan, classifier_dir: str, test: datasets.Split, per_class: int):
-    self.run = checkpoints.load_run(classifier_dir)
+    self.run = runs.load_run(classifier_dir)
     self.fn, self.layer = frechet.feature_fn(self.run)
     self.per_class = per_class
     n = per_class * gan.num_classes

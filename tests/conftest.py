@@ -58,7 +58,7 @@ def load_results(workdir) -> dict:
 def load_state(workdir, step=None) -> dict:
   """The saved train state of the latest (or given) checkpoint as numpy arrays."""
   import jax
-  from train import checkpoints
+  from store import checkpoints, runs
   return jax.tree_util.tree_map(np.asarray, checkpoints.load_checkpoint(workdir, step))
 
 
@@ -142,14 +142,14 @@ def small_trained_net(tmp_path_factory):
   import models
   from analysis import explain
   from kernels import convolutions
-  from train import checkpoints
+  from store import checkpoints, runs
   workdir = str(tmp_path_factory.mktemp('analysis') / 'run')
   run_main([f'--workdir={workdir}', *overrides(
       num_train_steps=160, log_every_steps=40, **{'dataset.image_shape': '16,16,1',
                                                   'model.layers': '8,p,16,p,16',
                                                   'optimizer.learning_rate': 0.02})])
-  run = checkpoints.load_run(workdir)
+  run = runs.load_run(workdir)
   model = models.create(run.config.model, run.info.num_classes, convolutions=convolutions.XLA)
   test = run.test_split()
   x = jnp.asarray(test.images[:16], jnp.float32)
-  return workdir, explain.Net(model, run.preprocess), run.variables, x, jnp.asarray(test.labels[:16])
+  return workdir, runs.Net(model, run.preprocess), run.variables, x, jnp.asarray(test.labels[:16])

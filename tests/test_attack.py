@@ -24,9 +24,9 @@ def target(small_trained_net):
 @pytest.mark.parametrize('norm,eps', [('linf', 8 / 255), ('l2', 0.5)])
 def test_adversarials_stay_in_the_ball_and_the_valid_range(target, norm, eps):
   f, x, y = target
-  xs = {'pgd': attack.pgd(f, x, y, eps, norm, steps=5, restarts=2)}
+  xs = {'pgd': attacks.pgd(f, x, y, eps, norm, steps=5, restarts=2)}
   if norm == 'linf':
-    xs['fgsm'] = attack.fgsm(f, x, y, eps)
+    xs['fgsm'] = attacks.fgsm(f, x, y, eps)
   for name, xa in xs.items():
     d = np.asarray(xa - x).reshape(len(x), -1)
     size = np.abs(d).max(1) if norm == 'linf' else np.linalg.norm(d, axis=1)
@@ -36,21 +36,21 @@ def test_adversarials_stay_in_the_ball_and_the_valid_range(target, norm, eps):
 
 def test_eps_zero_returns_the_inputs_and_the_clean_accuracy(target):
   f, x, y = target
-  for norm in attack.NORMS:
-    xa = attack.pgd(f, x, y, 0.0, norm, steps=3)
+  for norm in attacks.NORMS:
+    xa = attacks.pgd(f, x, y, 0.0, norm, steps=3)
     np.testing.assert_array_equal(np.asarray(xa), np.asarray(x))
-    assert attack.accuracy(f, xa, y) == attack.accuracy(f, x, y)
-  np.testing.assert_array_equal(np.asarray(attack.fgsm(f, x, y, 0.0)), np.asarray(x))
+    assert attacks.accuracy(f, xa, y) == attacks.accuracy(f, x, y)
+  np.testing.assert_array_equal(np.asarray(attacks.fgsm(f, x, y, 0.0)), np.asarray(x))
 
 
 def test_pgd_breaks_an_undefended_net_and_restarts_never_help_it(target):
   f, x, y = target
-  clean = attack.accuracy(f, x, y)
-  accs = [attack.accuracy(f, attack.pgd(f, x, y, 16 / 255, steps=10, restarts=r), y)
+  clean = attacks.accuracy(f, x, y)
+  accs = [attacks.accuracy(f, attacks.pgd(f, x, y, 16 / 255, steps=10, restarts=r), y)
           for r in (1, 3)]
   assert clean >= 0.35 and accs[0] <= clean - 0.3, (clean, accs)  # chance is 0.1
   assert accs[1] <= accs[0]
-  margin = attack.accuracy(f, attack.pgd(f, x, y, 16 / 255, steps=10, loss='margin'), y)
+  margin = attacks.accuracy(f, attacks.pgd(f, x, y, 16 / 255, steps=10, loss='margin'), y)
   assert margin <= clean - 0.3
 
 
@@ -58,7 +58,7 @@ def test_targeted_pgd_raises_the_target_rate(target):
   f, x, y = target
   goal = (y + 1) % 10
   before = float(jnp.mean(jnp.argmax(f(x), -1) == goal))
-  xa = attack.pgd(f, x, goal, 32 / 255, steps=20, targeted=True)
+  xa = attacks.pgd(f, x, goal, 32 / 255, steps=20, targeted=True)
   after = float(jnp.mean(jnp.argmax(f(xa), -1) == goal))
   assert after >= before + 0.4, (before, after)
 
@@ -70,7 +70,7 @@ def test_bad_settings_fail_with_one_line(target):
                           ({'steps': 0}, 'must be positive')):
     args = {'eps': 0.1, **kwargs}
     with pytest.raises(UserError, match=message):
-      attack.pgd(f, x, y, **args)
+      attacks.pgd(f, x, y, **args)
 
 
 def _sizes(x, xa, norm):
@@ -81,27 +81,27 @@ def _sizes(x, xa, norm):
 @pytest.mark.parametrize('norm,eps', [('linf', 8 / 255), ('l2', 0.5)])
 def test_apgd_and_square_stay_in_the_ball_and_do_nothing_at_eps_zero(target, norm, eps):
   f, x, y = target
-  xs = {'apgd_ce': attack.apgd(f, x, y, eps, norm, steps=10)[0],
-        'apgd_t': attack.apgd(f, x, y, eps, norm, steps=10, targets=(y + 1) % 10)[0]}
+  xs = {'apgd_ce': attacks.apgd(f, x, y, eps, norm, steps=10)[0],
+        'apgd_t': attacks.apgd(f, x, y, eps, norm, steps=10, targets=(y + 1) % 10)[0]}
   if norm == 'linf':
-    xs['square'] = attack.square_linf(f, x, y, eps, queries=30)[0]
+    xs['square'] = attacks.square_linf(f, x, y, eps, queries=30)[0]
   for name, xa in xs.items():
     assert (_sizes(x, xa, norm) <= eps + 1e-6).all(), name
     assert float(xa.min()) >= 0 and float(xa.max()) <= 1, name
-  np.testing.assert_array_equal(np.asarray(attack.apgd(f, x, y, 0.0, norm, steps=5)[0]),
+  np.testing.assert_array_equal(np.asarray(attacks.apgd(f, x, y, 0.0, norm, steps=5)[0]),
                                 np.asarray(x))
   if norm == 'linf':
-    xa, broken, used = attack.square_linf(f, x, y, 0.0, queries=10)
+    xa, broken, used = attacks.square_linf(f, x, y, 0.0, queries=10)
     np.testing.assert_array_equal(np.asarray(xa), np.asarray(x))
-    assert attack.accuracy(f, xa, y) == attack.accuracy(f, x, y)
+    assert attacks.accuracy(f, xa, y) == attacks.accuracy(f, x, y)
 
 
 def test_apgd_is_at_least_as_strong_as_pgd_at_the_same_budget(target):
   f, x, y = target
   for eps in (4 / 255, 8 / 255):
-    pgd_acc = attack.accuracy(f, attack.pgd(f, x, y, eps, steps=50), y)
-    xa, broken = attack.apgd(f, x, y, eps, steps=50)
-    apgd_acc = attack.accuracy(f, xa, y)
+    pgd_acc = attacks.accuracy(f, attacks.pgd(f, x, y, eps, steps=50), y)
+    xa, broken = attacks.apgd(f, x, y, eps, steps=50)
+    apgd_acc = attacks.accuracy(f, xa, y)
     assert apgd_acc <= pgd_acc, (eps, apgd_acc, pgd_acc)
     # `broken` says exactly which returned points are misclassified.
     np.testing.assert_array_equal(np.asarray(broken),
@@ -115,20 +115,20 @@ def test_apgd_targets_and_dlr_work_with_fewer_than_ten_classes():
     f = lambda x: x.reshape(len(x), -1) @ w
     x = jnp.asarray(rng.uniform(size=(32, 4, 4, 3)), jnp.float32)
     y = jnp.argmax(f(x), -1)
-    targets = attack.apgd_target_classes(f(x), 9)
+    targets = attacks.apgd_target_classes(f(x), 9)
     assert targets.shape == (classes - 1, 32)
     assert not np.any(np.asarray(targets) == np.asarray(y)[None])
     for t in targets:
-      assert np.isfinite(np.asarray(attack.dlr_targeted(f(x), y, t))).all()
-      xa, broken = attack.apgd(f, x, y, 0.3, steps=10, targets=t)
+      assert np.isfinite(np.asarray(attacks.dlr_targeted(f(x), y, t))).all()
+      xa, broken = attacks.apgd(f, x, y, 0.3, steps=10, targets=t)
       assert float(jnp.mean(broken)) > 0.5, classes  # a linear model is easy to break
-    assert np.isfinite(np.asarray(attack.dlr_loss(f(x), y))).all()
+    assert np.isfinite(np.asarray(attacks.dlr_loss(f(x), y))).all()
 
 
 def test_square_attack_breaks_the_net_without_gradients_and_counts_queries(target):
   f, x, y = target
   clean_ok = np.asarray(jnp.argmax(f(x), -1) == y)
-  xa, broken, used = attack.square_linf(f, x, y, 32 / 255, queries=200)
+  xa, broken, used = attacks.square_linf(f, x, y, 32 / 255, queries=200)
   broken, used = np.asarray(broken), np.asarray(used)
   np.testing.assert_array_equal(broken, np.asarray(jnp.argmax(f(xa), -1) != y))
   assert broken[clean_ok].mean() >= 0.5
@@ -138,10 +138,10 @@ def test_square_attack_breaks_the_net_without_gradients_and_counts_queries(targe
 
 def test_adversarial_patch_beats_a_random_patch(target):
   f, x, y = target
-  patch = attack.train_patch(f, x, target=3, side=6, steps=150, batch=16)
+  patch = attacks.train_patch(f, x, target=3, side=6, steps=150, batch=16)
   assert patch.shape == (6, 6, 1) and float(patch.min()) >= 0 and float(patch.max()) <= 1
-  r, c = attack.random_places(jax.random.key(1), len(x), x.shape[1:], 6)
-  rate = lambda p: float(jnp.mean(jnp.argmax(f(attack.apply_patch(x, p, r, c)), -1) == 3))
+  r, c = attacks.random_places(jax.random.key(1), len(x), x.shape[1:], 6)
+  rate = lambda p: float(jnp.mean(jnp.argmax(f(attacks.apply_patch(x, p, r, c)), -1) == 3))
   assert rate(patch) >= rate(jnp.full_like(patch, 0.5)) + 0.3
 
 
@@ -179,13 +179,13 @@ def test_adversarial_training_raises_robust_accuracy(standard_and_robust):
 def test_fooling_images_reach_99_percent_confidence(standard_and_robust):
   # Without label smoothing (which bounds a net's confidence: docs/attack.md).
   from analysis import explain
-  from train import checkpoints
-  run = checkpoints.load_run(standard_and_robust['none'])
-  f = attack.logits01(explain.Net(run.model, run.preprocess), run.variables)
+  from store import checkpoints, runs
+  run = runs.load_run(standard_and_robust['none'])
+  f = runs.Net(run.model, run.preprocess).logits01(run.variables)
   classes = jnp.tile(jnp.arange(10), 2)
   start = jnp.concatenate([jnp.asarray(np.random.default_rng(0).uniform(size=(10, 16, 16, 1)),
                                        jnp.float32), jnp.full((10, 16, 16, 1), 0.5)])
-  imgs, conf, reached = attack.fooling_images(f, start, classes, steps=200)
+  imgs, conf, reached = attacks.fooling_images(f, start, classes, steps=200)
   reached, conf = np.asarray(reached), np.asarray(conf)
   assert (reached >= 0).all() and (conf >= 0.99).all(), (reached, conf)
   assert float(imgs.min()) >= 0 and float(imgs.max()) <= 1

@@ -248,14 +248,14 @@ def test_compress_mode_end_to_end_and_resume(small_trained_net, tmp_path):
 
 def test_qat_model_fake_quantizes_close_to_fp32():
   import models
-  from compress import int8
+  from models import quantized
   from configs import common
   cfg = common.model_config('simplenet')
   cfg.layers = '8,p,16'
   model = models.create(cfg, 10, 'float32')
   x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 16, 16, 1)), jnp.float32)
   v = model.init(jax.random.key(0), x, train=False)
-  qat = int8.qat_model(model)
+  qat = quantized.qat_model(model)
   ref, q = model.apply(v, x, train=False), qat.apply(v, x, train=False)
   assert not np.array_equal(np.asarray(q), np.asarray(ref))
   np.testing.assert_allclose(np.asarray(q), np.asarray(ref), atol=0.05 * float(jnp.abs(ref).max()))

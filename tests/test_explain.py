@@ -37,7 +37,7 @@ def test_gradient_equals_the_hand_derived_one():
   model = Linear()
   x = jax.random.uniform(jax.random.key(0), (2, 4, 4, 1)) * 255
   v = model.init(jax.random.key(1), x)
-  net = explain.Net(model, IDENTITY)
+  net = runs.Net(model, IDENTITY)
   g = explain.gradient(net, v, x, jnp.array([0, 2]))
   w = np.asarray(v['params']['Dense_0']['kernel'])  # (16, 3)
   np.testing.assert_allclose(g[0].ravel(), w[:, 0], rtol=1e-6)
@@ -57,7 +57,7 @@ def test_gradcam_on_a_hand_set_conv_map():
   x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 4, 4, 2)), jnp.float32)
   v = model.init(jax.random.key(0), x)
   v = {'params': {'ConvNormAct_0': {'Conv_0': {'kernel': jnp.eye(2).reshape(1, 1, 2, 2)}}}}
-  net = explain.Net(model, IDENTITY)
+  net = runs.Net(model, IDENTITY)
   assert explain.conv_layers(net, v, (4, 4, 2)) == [('ConvNormAct_0', (4, 4, 2))]
   cam = explain.gradcam(net, v, x, jnp.array([1]), 'ConvNormAct_0')
   # logit 1 = mean of map 1, so its gradient is 1/16 on map 1 and 0 on map 0
@@ -77,7 +77,7 @@ def test_occlusion_is_nonzero_exactly_where_the_model_looks():
   model = Corner()
   x = jax.random.uniform(jax.random.key(0), (2, 6, 6, 1)) + 0.5  # softmax far from saturation
   v = model.init(jax.random.key(1), x)
-  net = explain.Net(model, IDENTITY)
+  net = runs.Net(model, IDENTITY)
   m = np.asarray(explain.occlusion(net, v, x, jnp.array([0, 1]), size=1, stride=1))
   region = np.zeros((6, 6), bool)
   region[1:3, 3:5] = True
@@ -197,7 +197,7 @@ def test_gradient_methods_run_on_1d_models_and_patch_methods_refuse():
   model = Seq()
   x = jax.random.uniform(jax.random.key(0), (2, 12, 2)) * 255
   v = model.init(jax.random.key(1), x)
-  net = explain.Net(model, augment.Preprocess((127.0, 127.0), (64.0, 64.0)))
+  net = runs.Net(model, augment.Preprocess((127.0, 127.0), (64.0, 64.0)))
   c = jnp.array([0, 2])
   assert explain.to_map(explain.gradient(net, v, x, c)).shape == (2, 12)
   attr, delta = explain.integrated_gradients(net, v, x, c, jnp.zeros_like(x), 64)
@@ -223,7 +223,7 @@ def test_layers_gradients_and_gradcam_work_on_every_family(name, knobs, shape):
   model = models.create(cfg, 10)
   x = jax.random.uniform(jax.random.key(0), (2, *shape)) * 255
   v = model.init(jax.random.key(1), x, train=False)
-  net = explain.Net(model, augment.Preprocess((127.0,) * shape[-1], (64.0,) * shape[-1]))
+  net = runs.Net(model, augment.Preprocess((127.0,) * shape[-1], (64.0,) * shape[-1]))
   convs = explain.conv_layers(net, v, shape)
   spatial = [n for n, s in convs if s[0] * s[1] > 1]
   assert len(convs) >= 3 and spatial, convs

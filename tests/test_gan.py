@@ -57,14 +57,14 @@ def test_samples_have_the_datas_shape_and_range_class_by_class():
 
 def test_frechet_distance_is_exact_on_gaussians_and_separates_real_from_noise(small_trained_net):
   from gan import frechet
-  from train import checkpoints
+  from store import checkpoints, runs
   mu1, mu2 = np.array([0.0, 1.0]), np.array([2.0, 1.0])
   a, b = np.diag([1.0, 4.0]), np.diag([9.0, 1.0])
   want = 4.0 + (1 + 9 - 2 * 3) + (4 + 1 - 2 * 2)
   assert abs(frechet.distance(mu1, a, mu2, b) - want) < 1e-9
   assert abs(frechet.distance(mu1, a, mu1, a)) < 1e-9
   from data import datasets
-  run = checkpoints.load_run(small_trained_net[0])
+  run = runs.load_run(small_trained_net[0])
   real = datasets._synthetic(run.info, 2000, seed=5)  # more of the classifier's kind of data
   f = frechet.features(run, real.images)
   assert f.ndim == 2 and f.shape[0] == 2000

@@ -45,8 +45,8 @@ def test_eval_mode_reproduces_the_final_accuracy_exactly(trained):
 
 def test_load_run_gives_model_variables_preprocess_and_test_split(trained):
   from data import augment, datasets
-  from train import checkpoints
-  run = checkpoints.load_run(trained)
+  from store import checkpoints, runs
+  run = runs.load_run(trained)
   results = load_results(trained)
   assert run.step == 24 and run.uses_ema and run.info.num_classes == 10
   assert run.dataset['name'] == 'synthetic' and run.dataset['num_test'] == 64
@@ -61,7 +61,7 @@ def test_load_run_gives_model_variables_preprocess_and_test_split(trained):
   accuracy = float(np.mean(np.argmax(logits + mirrored, -1) == test.labels))
   assert accuracy == results['test_accuracy']
   with pytest.raises(UserError, match='no checkpoint of step 7'):
-    checkpoints.load_run(trained, step=7)
+    runs.load_run(trained, step=7)
   from analysis import common
   images, labels, idx = common.test_examples(run, 8, seed=3)
   np.testing.assert_array_equal(images, test.images[idx])
@@ -70,7 +70,7 @@ def test_load_run_gives_model_variables_preprocess_and_test_split(trained):
 
 def test_run_saved_before_preprocess_was_recorded_still_loads(trained, tmp_path):
   import shutil
-  from train import checkpoints
+  from store import checkpoints, runs
   old = str(tmp_path / 'old')
   shutil.copytree(trained, old)
   for path in glob.glob(os.path.join(old, 'checkpoints', '*', 'meta', '*')):
@@ -84,7 +84,7 @@ def test_run_saved_before_preprocess_was_recorded_still_loads(trained, tmp_path)
       with open(path, 'w') as f:
         json.dump(meta, f)
   assert 'run' not in checkpoints.load_meta(old)
-  run, new = checkpoints.load_run(old), checkpoints.load_run(trained)
+  run, new = runs.load_run(old), runs.load_run(trained)
   assert run.preprocess == new.preprocess
   proc = eval_cli(old)
   assert proc.returncode == 0 and 'recomputing' in proc.stderr
@@ -208,9 +208,10 @@ def test_keys_added_since_old_runs_default_to_todays_config():
   """An old run (config.json without a key) resumes under the default config only if the filled
   value is the default's, or the key is one a resume may change."""
   from configs import default
-  from train import checkpoints, loop
+  from store import checkpoints
+  from train import loop
   c = default.get_config()
-  for key, value in checkpoints.ADDED_KEYS.items():
+  for key, value in checkpoints.added_keys().items():
     node = c
     for part in key.split('.'):
       node = node[part]

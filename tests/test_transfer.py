@@ -90,9 +90,10 @@ def test_bad_subsets_and_sources_fail_with_one_line(source, tmp_path):
 def test_init_from_loads_matching_layers_bit_for_bit_and_a_fresh_head(source):
   from configs import default
   from data import datasets
-  from train import checkpoints, transfer
+  from store import checkpoints, runs
+  from train import transfer
   import models
-  src = checkpoints.load_run(source)
+  src = runs.load_run(source)
   c = default.get_config()
   for k, v in {**TINY, **FM, 'dataset.classes': '5-8'}.items():
     *node, leaf = k.split('.')

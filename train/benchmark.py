@@ -85,7 +85,7 @@ def run(config, workdir: str, steps: int = 30, warmup: int = 3) -> dict:
   pipeline_rate = None
   if stream:
     pipeline_rate = source.rate(steps)
-  metrics = steps_lib.empty_metrics(distributed.replicated(exp.mesh))
+  metrics = steps_lib.empty_metrics(exp.task.Metrics, distributed.replicated(exp.mesh))
 
   t0 = time.perf_counter()
   compiled = exp.train_step.lower(state, metrics, source.step_inputs(0), key).compile()

@@ -29,7 +29,8 @@ from errors import NonFiniteLossError, UserError
 from kernels import convolutions as convolutions_lib
 from kernels import runtime
 from models import summary
-from train import checkpoints, diagnostics, distributed, optim, steps, transfer
+from store import checkpoints, runs
+from train import diagnostics, distributed, evaluators, optim, steps, tasks, transfer
 
 # Settings that may change when an existing run is resumed (extend it, change cadence).
 RESUMABLE_CHANGES = ('num_epochs', 'num_train_steps', 'log_every_steps', 'eval_every_epochs',
@@ -39,16 +40,6 @@ RESUMABLE_CHANGES = ('num_epochs', 'num_train_steps', 'log_every_steps', 'eval_e
 
 
 # ----------------------------------------------------------------------------- validation
-
-
-def check_workdir(workdir: str) -> None:
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=workdir, prefix='.write_test'):
-      pass
-  except OSError as e:
-    raise UserError(f'workdir {workdir} is not writable ({e.strerror}); pass a --workdir you can '
-                    'write to') from None
 
 
 def validate(config: ml_collections.ConfigDict, workdir: str,
@@ -68,9 +59,6 @@ def validate(config: ml_collections.ConfigDict, workdir: str,
     raise UserError(f'unknown dtype {config.dtype!r}; use float32 or bfloat16')
   if not 0.0 <= config.ema_decay < 1.0:
     raise UserError(f'ema_decay must be in [0, 1), got {config.ema_decay}')
-  if not 0.0 <= config.label_smoothing < 1.0:
-    raise UserError(f'label_smoothing must be in [0, 1), got {config.label_smoothing}')
-  check_adversarial(config.adversarial)
   diagnostics.check(config)
   n_dev = jax.device_count()
   if config.batch_size % n_dev:
@@ -80,55 +68,16 @@ def validate(config: ml_collections.ConfigDict, workdir: str,
   info = datasets.info(config.dataset)
   augment.check(config.augment, info.shape[-1])
   models.create(config.model, info.num_classes, steps.DTYPES[config.dtype])  # resolves every knob
-  from compress import distill
-  distill.check(config.distill, info.shape, info.num_classes)
+  tasks.get(config).check(config, info)  # labels, objective, teacher
   transfer.check(config, info)
   optim.check(config)
   if need_data:
     datasets.resolve_source(config.dataset)  # missing data fails here, with what to install
     datasets.pipeline(config.dataset, info)
-  check_workdir(workdir)
+  util.check_workdir(workdir)
   if need_data:
-    check_resumable(config, workdir)
+    checkpoints.check_resumable(config, workdir, RESUMABLE_CHANGES)
   return info
-
-
-def check_adversarial(adv) -> None:
-  from analysis import attack
-  if adv.method not in steps.ADVERSARIAL:
-    raise UserError(f'unknown adversarial.method {adv.method!r}; use '
-                    f'{" | ".join(steps.ADVERSARIAL)}')
-  if adv.method != 'none' and adv.eps <= 0:
-    raise UserError(f'adversarial.eps must be positive for {adv.method} training, got {adv.eps}')
-  attack.check(adv.eps, adv.norm, steps=adv.steps)
-  attack.check(adv.eval_eps, adv.norm, steps=adv.eval_steps)
-  if adv.step_size < 0 or adv.trades_beta < 0 or adv.eval_examples < 1:
-    raise UserError('adversarial.step_size and trades_beta must be >= 0 and eval_examples '
-                    f'positive, got {adv.step_size}, {adv.trades_beta}, {adv.eval_examples}')
-
-
-def _flat(d: dict, prefix: str = '') -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
-
-
-def check_resumable(config, workdir: str) -> None:
-  """A workdir holding another experiment's checkpoints is refused, never overwritten."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path) or not os.path.isdir(os.path.join(workdir, 'checkpoints')):
-    return
-  old = _flat(json.loads(checkpoints.load_config(workdir).to_json()))
-  new = _flat(json.loads(config.to_json()))
-  diff = sorted(k for k in set(old) | set(new)
-                if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
-  if diff:
-    raise UserError(f'workdir {workdir} holds a run with a different config ({", ".join(diff[:5])}); '
-                    'use a new --workdir or the same config to resume')
 
 
 # ----------------------------------------------------------------------------- setup
@@ -139,55 +88,39 @@ class Experiment:
   """Everything a run's steps need, built once by `setup`."""
   config: ml_collections.ConfigDict
   info: datasets.DatasetInfo
+  task: Any           # train/tasks.py: metrics, evaluators, results fields
+  objective: Any      # train/objectives/: what the step minimizes
   mesh: Any
   model: Any
   tx: Any
   train_source: Any
-  eval_source: Any
   preprocess: augment.Preprocess
   convolutions: convolutions_lib.Convolutions
   state: steps.TrainState
   step_key: jax.Array
   train_step: Any
-  eval_step: Any
-  robust_source: Any  # the robust evaluation (None when off)
-  robust_step: Any
-  step_args: tuple  # extra arguments of every train step: (teacher variables,) when distilling
-  teacher: Any      # compress.distill.Teacher or None
+  step_args: tuple    # extra arguments of every train step (the objective's)
+  evaluators: list    # run in order at every evaluation (train/evaluators.py)
   steps_per_epoch: int
   total_steps: int
   num_params: int
   factors: dict       # learning-rate factor of every layer (0 = frozen)
   init_record: Any    # results.json's init_from (None when training from scratch)
-  source_task: Any    # transfer.SourceTask when the source task is evaluated, else None
   layers: list        # top-level layers in forward order (the head last)
   diagnostics_step: Any  # jitted per-layer statistics (None when config.diagnostics is off)
 
 
-def evaluator(config, test, model, preprocess: augment.Preprocess, mesh,
-              convs: convolutions_lib.Convolutions):
-  """(eval source, jitted eval step) over `test` (a Split in memory, or streaming.Examples), as
-  a run evaluates: its eval batch size, flip TTA and compiler options. Shared by training and
-  `--mode=eval`."""
-  if isinstance(test, datasets.Split):
-    source = sources.InMemoryEval(test, config.eval_batch_size, mesh)
-  else:
-    source = streaming.StreamingEval(test, config.dataset, config.eval_batch_size, mesh)
-  return source, steps.make_eval_step(model, source, preprocess, mesh, config.eval_flip_tta,
-                                      convs.compiler_options())
-
-
 def setup(config, train, test, info: datasets.DatasetInfo,
           preprocess: augment.Preprocess, total_steps: int | None = None,
-          wrap_tx=None, init_variables: dict | None = None, source=None) -> Experiment:
+          wrap_tx=None, init_variables: dict | None = None, init_run=None) -> Experiment:
   """Mesh, data sources, model, optimizer, initial state and the jitted steps of a run.
 
-  `train` and `test` are Splits in memory or streaming.Examples (test may be None);
+  `train` and `test` are Splits in memory or datasets.Examples (test may be None);
   `wrap_tx(tx)` replaces the run's optimizer by a wrapper of it (compress/: pruning masks,
   shared weights); `init_variables` starts from given weights instead of the initializers;
-  `source` (a checkpoints.Run) is the run `init_from` names."""
-  from compress import distill
-  teacher = distill.load_teacher(config.distill, info.shape, info.num_classes)
+  `init_run` (a runs.Run) is the run `init_from` names."""
+  task = tasks.get(config)
+  objective = task.objective(config, info)
   mesh = distributed.mesh()
   rep = distributed.replicated(mesh)
   batch = config.batch_size
@@ -201,21 +134,16 @@ def setup(config, train, test, info: datasets.DatasetInfo,
   else:
     train_source = streaming.StreamingTrain(train, config.dataset, batch, total, mesh, config.seed)
   convs = convolutions_lib.select(config.conv_impl, config.conv_algorithm)
-  if config.int8_qat:
-    from compress import int8
-    model = int8.qat_model(models.create(config.model, info.num_classes,
-                                         steps.DTYPES[config.dtype]))
-  else:
-    model = transfer.build(config, info.num_classes, steps.DTYPES[config.dtype],
-                           convolutions=convs)
+  model = runs.build(config, info.num_classes, steps.DTYPES[config.dtype], convolutions=convs,
+                     quantize_aware=config.int8_qat)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.numpy.zeros(
       (1, *info.shape)), train=False))
   order = summary.layer_order(model, shapes, info.shape)
   init_record = None
-  if source is not None and init_variables is None:
+  if init_run is not None and init_variables is None:
     this = datasets.identity(config.dataset, info, len(train), len(test) if test else 0)
     init_variables, init_record = transfer.initial_variables(config, model, info.shape,
-                                                             init_key, source, this, order)
+                                                             init_key, init_run, this, order)
   factors = transfer.layer_factors(config, order)
   tx = optim.create(config, spe, total, *transfer.optimizer_groups(factors))
   if wrap_tx is not None:
@@ -225,34 +153,20 @@ def setup(config, train, test, info: datasets.DatasetInfo,
   frozen = [n for n, v in factors.items() if v == 0]
   keep_stats = (transfer.stats_mask(frozen, state.batch_stats)
                 if frozen and config.finetune.freeze_batch_stats else None)
-  train_step = steps.make_train_step(model, tx, config, train_source, preprocess, mesh,
-                                     convs.compiler_options(), teacher=teacher,
-                                     keep_stats=keep_stats)
+  train_step = steps.make_train_step(model, tx, config, train_source, preprocess, mesh, task,
+                                     objective, convs.compiler_options(), keep_stats=keep_stats)
   diagnostics_step = (diagnostics.make_diagnostics_step(
-      steps.make_step_core(model, tx, config, train_source, preprocess, teacher), model, order,
+      steps.make_step_core(model, tx, config, train_source, preprocess, objective), model, order,
       mesh, convs.compiler_options()) if config.diagnostics.enabled else None)
-  source_task = (transfer.source_task(config, source, preprocess, mesh, convs)
-                 if source is not None and config.finetune.eval_source else None)
-  eval_source, eval_step = (evaluator(config, test, model, preprocess, mesh, convs) if test
-                            else (None, None))
-  robust_source = robust_step = None
-  if test and steps.robust_eps(config.adversarial):
-    n = config.adversarial.eval_examples
-    subset = (datasets.Split(test.images[:n], test.labels[:n])
-              if isinstance(test, datasets.Split) else test.head(n))
-    robust_source = sources.InMemoryEval(subset, config.eval_batch_size, mesh)
-    robust_step = steps.make_robust_eval_step(model, robust_source, preprocess, mesh,
-                                              config.adversarial, convs.compiler_options())
-  return Experiment(config=config, info=info, mesh=mesh, model=model, tx=tx,
-                    train_source=train_source, eval_source=eval_source, preprocess=preprocess,
+  evaluator_list = (task.evaluators(config, test, model, preprocess, mesh, convs, init_run)
+                    if test else [])
+  return Experiment(config=config, info=info, task=task, objective=objective, mesh=mesh,
+                    model=model, tx=tx, train_source=train_source, preprocess=preprocess,
                     convolutions=convs, state=state, step_key=step_key, train_step=train_step,
-                    eval_step=eval_step, robust_source=robust_source,
-                    robust_step=robust_step, teacher=teacher,
-                    step_args=(distributed.replicate_tree(teacher.variables, mesh),)
-                    if teacher else (), steps_per_epoch=spe, total_steps=total,
+                    step_args=objective.step_args(mesh), evaluators=evaluator_list,
+                    steps_per_epoch=spe, total_steps=total,
                     num_params=summary.count_params(state.params), factors=factors,
-                    init_record=init_record, source_task=source_task, layers=order,
-                    diagnostics_step=diagnostics_step)
+                    init_record=init_record, layers=order, diagnostics_step=diagnostics_step)
 
 
 def restore(exp: Experiment, mngr: ocp.CheckpointManager, meta: dict) -> dict:
@@ -281,7 +195,7 @@ def _fmt_time(seconds: float) -> str:
       f'{seconds // 60}m{seconds % 60:02d}s'
 
 
-class _Run:
+class Session:
   """The mutable side of one training process: checkpoints, timers, logs."""
 
   def __init__(self, exp: Experiment, workdir: str, meta: dict, mngr, writer, t_start: float):
@@ -347,37 +261,37 @@ class _Run:
                                        'train/learning_rate': lr, 'train/images_per_sec': rate})
 
 
-def train_epoch(run: _Run, step: int) -> int:
+def train_epoch(session: Session, step: int) -> int:
   """Trains from `step` to the end of its epoch (or of the run); returns the step reached."""
-  exp, config = run.exp, run.exp.config
+  exp, config = session.exp, session.exp.config
   rep = distributed.replicated(exp.mesh)
   epoch_end = min((step // exp.steps_per_epoch + 1) * exp.steps_per_epoch, exp.total_steps)
   ckpt_every = config.checkpoint_every_steps or exp.steps_per_epoch
-  metrics = steps.empty_metrics(rep)
+  metrics = steps.empty_metrics(exp.task.Metrics, rep)
   t_mark, images = time.time(), 0
   while step < epoch_end:
     inputs = exp.train_source.step_inputs(step)
-    if run.diagnostics and run.diagnostics.due(step):  # before the step donates the state
-      run.diagnostics.add(step, exp.diagnostics_step(exp.state, inputs, exp.step_key,
+    if session.diagnostics and session.diagnostics.due(step):  # before the step donates the state
+      session.diagnostics.add(step, exp.diagnostics_step(exp.state, inputs, exp.step_key,
                                                      *exp.step_args))
     exp.state, metrics = exp.train_step(exp.state, metrics, inputs, exp.step_key, *exp.step_args)
     step += 1
-    if run.first:  # time the compilation separately from steady-state throughput
+    if session.first:  # time the compilation separately from steady-state throughput
       jax.block_until_ready(exp.state)
-      run.meta['compile_time_s'] = time.time() - t_mark
-      t_mark, run.first = time.time(), False
+      session.meta['compile_time_s'] = time.time() - t_mark
+      t_mark, session.first = time.time(), False
       continue
     images += config.batch_size
     if step % config.log_every_steps == 0 or step == epoch_end:
       values = {k: float(v) for k, v in metrics.compute().items()}  # waits for the steps
       now = time.time()
-      run.log_train(step, values, images, now - t_mark)
-      if run.diagnostics:
-        run.diagnostics.flush(run.writer)
+      session.log_train(step, values, images, now - t_mark)
+      if session.diagnostics:
+        session.diagnostics.flush(session.writer)
       t_mark, images = now, 0
-      metrics = steps.empty_metrics(rep)
+      metrics = steps.empty_metrics(exp.task.Metrics, rep)
     if step % ckpt_every == 0 and step != exp.total_steps:
-      run.save(step)
+      session.save(step)
       t_mark = time.time()
   return step
 
@@ -388,73 +302,39 @@ def eval_due(exp: Experiment, step: int) -> bool:
   return step % exp.steps_per_epoch == 0 and epochs % exp.config.eval_every_epochs == 0
 
 
-def evaluate_now(run: _Run, step: int) -> dict[str, float]:
-  """Evaluates the current state on the test split and records it in the history."""
-  exp = run.exp
-  run.check_finite()
-  ev = steps.evaluate(exp.eval_step, exp.state.inference_variables(), exp.eval_source)
+def evaluate_now(session: Session, step: int) -> dict[str, float]:
+  """Runs every evaluator on the current state and records their fields in the history;
+  returns the first evaluator's (the test split's) fields."""
+  exp = session.exp
+  session.check_finite()
+  variables = exp.state.inference_variables()
+  measured = [e(variables) for e in exp.evaluators]
   epoch = step / exp.steps_per_epoch
-  entry = {'step': step, 'epoch': round(epoch, 3), 'test_accuracy': ev['accuracy'],
-           'test_loss': ev['loss'], 'train_loss': run.last_train.get('loss'),
-           'train_accuracy': run.last_train.get('accuracy'), 'time_s': round(run.elapsed(), 1)}
-  scalars = {'test/loss': ev['loss'], 'test/accuracy': ev['accuracy']}
-  robust = ''
-  if exp.robust_step:
-    rv = steps.evaluate(exp.robust_step, exp.state.inference_variables(), exp.robust_source)
-    entry['test_robust_accuracy'] = rv['accuracy']
-    scalars['test/robust_accuracy'] = rv['accuracy']
-    robust = f'  robust acc {100 * rv["accuracy"]:.2f}% (PGD, first {exp.robust_source.num_examples})'
-  if exp.source_task:
-    sv = evaluate_source(exp)
-    entry['source_test_accuracy'] = sv['accuracy']
-    scalars['source/accuracy'] = sv['accuracy']
-    robust += f'  source task acc {100 * sv["accuracy"]:.2f}%'
-  run.meta['history'].append(entry)
-  if run.writer:
-    logging.info('eval  epoch %.2f  test loss %.4f  test acc %.2f%%%s', epoch, ev['loss'],
-                 100 * ev['accuracy'], robust)
-    run.writer.write_scalars(step, scalars)
-    run.writer.flush()
-  return ev
+  entry = {'step': step, 'epoch': round(epoch, 3)}
+  for m in measured:
+    entry.update(m.fields)
+  entry.update({f'train_{k}': session.last_train.get(k) for k in exp.task.Metrics.__annotations__})
+  entry['time_s'] = round(session.elapsed(), 1)
+  session.meta['history'].append(entry)
+  if session.writer:
+    logging.info('eval  epoch %.2f  %s', epoch, '  '.join(m.text for m in measured))
+    session.writer.write_scalars(step, {k: v for m in measured for k, v in m.scalars.items()})
+    session.writer.flush()
+  return measured[0].fields
 
 
-def evaluate_source(exp: Experiment) -> dict[str, float]:
-  """The current network on the source run's task, through the source run's head."""
-  t = exp.source_task
-  variables = transfer.source_variables(exp.config, exp.state.inference_variables(), t)
-  return steps.evaluate(t.eval_step, variables, t.eval_source)
-
-
-def finetune_record(run: _Run) -> dict | None:
-  """results.json's `init_from`: the source, what was loaded and re-initialized, and the
-  source task's accuracy before and after (when evaluated)."""
-  exp = run.exp
-  if exp.init_record is None and 'init_from' not in run.meta:
-    return None
-  record = dict(run.meta.get('init_from') or exp.init_record)
-  hist = [h['source_test_accuracy'] for h in run.meta['history'] if 'source_test_accuracy' in h]
-  if hist:
-    record['source_test_accuracy'] = hist[-1]
-    record['forgetting'] = record['source_test_accuracy_before'] - hist[-1]
-  return record
-
-
-def results_dict(run: _Run) -> dict:
-  """What results.json holds (README "results.json")."""
-  exp, meta = run.exp, run.meta
-  history = meta['history']
-  accs = [h['test_accuracy'] for h in history]
+def results_dict(session: Session) -> dict:
+  """What results.json holds (README "results.json"): the run's own fields, the task's (its
+  evaluators' and objective's among them) and fine-tuning's."""
+  exp, meta = session.exp, session.meta
   return {
       'num_params': exp.num_params,
-      'test_accuracy': accs[-1] if accs else None,
-      'best_test_accuracy': max(accs) if accs else None,
-      'test_loss': history[-1]['test_loss'] if history else None,
-      'train_time_s': round(run.elapsed(), 2),
+      'train_time_s': round(session.elapsed(), 2),
       'images_per_sec': round(meta['train_images'] / max(meta['train_seconds'], 1e-9), 1),
       'compile_time_s': round(meta['compile_time_s'], 2),
       # Host time blocked on the streaming pipeline over training time: an upper bound of the
       # device's input wait (steps run asynchronously while the host waits). 0 in memory.
-      'input_wait_fraction': round(run.input_wait() / max(meta['train_seconds'], 1e-9), 4),
+      'input_wait_fraction': round(session.input_wait() / max(meta['train_seconds'], 1e-9), 4),
       'steps': exp.total_steps,
       'epochs': round(exp.total_steps / exp.steps_per_epoch, 3),
       'num_devices': jax.device_count(),
@@ -467,34 +347,13 @@ def results_dict(run: _Run) -> dict:
       'preprocess': meta['run']['preprocess'],
       'dataset': meta['run']['dataset'],
       'evaluated_ema': bool(exp.config.ema_decay),
-      'robust_accuracy': history[-1].get('test_robust_accuracy') if history else None,
-      'robust_eval': robust_eval(exp),
-      'distill': {'teacher': exp.teacher.workdir, 'teacher_step': exp.teacher.step,
-                  'teacher_params': exp.teacher.num_params,
-                  'temperature': exp.config.distill.temperature,
-                  'weight': exp.config.distill.weight} if exp.teacher else None,
-      'int8_qat': bool(exp.config.int8_qat),
-      'init_from': finetune_record(run),
-      'finetune': {'frozen': [n for n, v in exp.factors.items() if v == 0],
-                   'lr_multipliers': {n: v for n, v in exp.factors.items() if v not in (0, 1)},
-                   'trainable_params': transfer.num_trainable(exp.state.params, exp.factors),
-                   'freeze_batch_stats': bool(exp.config.finetune.freeze_batch_stats),
-                   'progressive': bool(exp.config.finetune.progressive)},
-      'history': history,
+      **exp.task.results(exp.config, meta['history'], exp.evaluators, exp.objective),
+      **transfer.results(exp.config, meta, exp.init_record, exp.factors, exp.state.params),
+      'history': meta['history'],
       'diagnostics': meta.get('diagnostics'),
       'train_log': meta['train_log'],  # [step, mean loss, accuracy] over each log interval
       'config': json.loads(exp.config.to_json()),
   }
-
-
-def robust_eval(exp: Experiment) -> dict | None:
-  """How `robust_accuracy` was measured (None when the run has no robust evaluation)."""
-  if not exp.robust_step:
-    return None
-  adv = exp.config.adversarial
-  return {'attack': 'pgd', 'norm': adv.norm, 'eps': steps.robust_eps(adv),
-          'steps': adv.eval_steps, 'restarts': 1, 'num_examples': exp.robust_source.num_examples,
-          'trained_with': adv.method}
 
 
 def plot_curves(results: dict, path: str) -> None:
@@ -525,13 +384,13 @@ def plot_curves(results: dict, path: str) -> None:
 
 def load_data(config, info: datasets.DatasetInfo):
   """(train, test, preprocess) of a run: Splits in host memory, or for the streaming pipeline
-  streaming.Examples (read while training) with statistics of a training sample."""
+  datasets.Examples (read while training) with statistics of a training sample."""
   if datasets.pipeline(config.dataset, info) == 'memory':
     train = datasets.load_split(config.dataset, 'train')
     return (train, datasets.load_split(config.dataset, 'test'),
             augment.Preprocess.from_images(train.images))
-  train = streaming.Examples(config.dataset, info, 'train', augment.resized_crop_setting(config.augment))
-  return train, streaming.Examples(config.dataset, info, 'test'), train.preprocess()
+  train = datasets.Examples(config.dataset, info, 'train', augment.resized_crop_setting(config.augment))
+  return train, datasets.Examples(config.dataset, info, 'test'), train.preprocess()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, wrap_tx=None,
@@ -548,22 +407,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, wrap_tx=
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json(indent=2))
   train, test, preprocess = load_data(config, info)
-  source = transfer.load_source(config)
-  if source is not None:  # the loaded filters expect the source's input scale
-    preprocess = source.preprocess
+  init_run = transfer.load_source(config)
+  if init_run is not None:  # the loaded filters expect the source run's input scale
+    preprocess = init_run.preprocess
   exp = setup(config, train, test, info, preprocess, wrap_tx=wrap_tx,
-              init_variables=init_variables, source=source)
+              init_variables=init_variables, init_run=init_run)
   meta = {'history': [], 'train_log': [], 'train_time_s': 0.0, 'train_images': 0,
           'train_seconds': 0.0, 'compile_time_s': 0.0}
   mngr = checkpoints.manager(workdir, config.keep_checkpoints)
   meta = restore(exp, mngr, meta)
   if exp.init_record is not None and 'init_from' not in meta:  # a new fine-tuning run
     meta['init_from'] = dict(exp.init_record)
-    if exp.source_task:
-      meta['init_from']['source_test_accuracy_before'] = evaluate_source(exp)['accuracy']
+    for e in exp.evaluators:
+      if isinstance(e, evaluators.SourceTask):
+        meta['init_from']['source_test_accuracy_before'] = e.accuracy(
+            exp.state.inference_variables())
     logging.info(transfer.summary_line(meta['init_from'], exp.factors))
   # Recorded with every checkpoint, so load_run needs no training data.
-  meta['run'] = checkpoints.run_info(preprocess, datasets.identity(
+  meta['run'] = runs.run_info(preprocess, datasets.identity(
       config.dataset, info, len(train), len(test)))
 
   writer = None
@@ -575,13 +436,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, wrap_tx=
                  f'{exp.num_params:,}', info.name, len(train), len(test),
                  exp.steps_per_epoch, exp.total_steps, jax.device_count(),
                  exp.convolutions.impl, runtime.malloc(), type(exp.train_source).__name__)
-  run = _Run(exp, workdir, meta, mngr, writer, t_start)
+  session = Session(exp, workdir, meta, mngr, writer, t_start)
   step = int(exp.state.step)
   # An epoch's checkpoint is written before its evaluation: a run stopped in between resumes
   # without that point of the curve, so it is evaluated again (the same state, the same number).
   if 0 < step < exp.total_steps and eval_due(exp, step) and \
       not any(h['step'] == step for h in meta['history']):
-    evaluate_now(run, step)
+    evaluate_now(session, step)
   results_path = os.path.join(workdir, 'results.json')
   if step >= exp.total_steps and os.path.exists(results_path):
     logging.info('Run already complete at step %d; results in %s', step, results_path)
@@ -590,15 +451,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, wrap_tx=
     with open(results_path) as f:
       return json.load(f)
   while step < exp.total_steps:
-    step = train_epoch(run, step)
+    step = train_epoch(session, step)
     if step == exp.total_steps or eval_due(exp, step):
-      evaluate_now(run, step)
+      evaluate_now(session, step)
   if mngr.latest_step() != exp.total_steps:
-    run.save(exp.total_steps)
+    session.save(exp.total_steps)
   mngr.wait_until_finished()
   mngr.close()
   exp.train_source.close()
-  results = results_dict(run)
+  results = results_dict(session)
   if main_proc:
     util.write_json(results_path, results)
     plot_curves(results, os.path.join(workdir, 'curves.png'))

@@ -34,24 +34,24 @@ def evaluate(config, workdir: str) -> None:
   did (same eval step, EMA weights and flip TTA when the run used them), prints the accuracy
   and writes `workdir/eval.json`. Needs no --config: the run's own config.json is used."""
   import util
-  from train import checkpoints, distributed, loop, steps
+  from data import datasets
+  from store import runs
+  from train import distributed, steps, tasks
   util.trained_run_mode('eval', 'evaluate', config, workdir)
-  from data import datasets, streaming
-  run = checkpoints.load_run(workdir, None if FLAGS.eval_step < 0 else FLAGS.eval_step)
+  run = runs.load_run(workdir, None if FLAGS.eval_step < 0 else FLAGS.eval_step)
   # A streaming run's test split is streamed again (it need not fit in memory).
-  test = (streaming.Examples(run.config.dataset, run.info, 'test')
+  test = (datasets.Examples(run.config.dataset, run.info, 'test')
           if datasets.pipeline(run.config.dataset, run.info) == 'streaming' else run.test_split())
   mesh = distributed.mesh()
-  source, eval_step = loop.evaluator(run.config, test, run.model, run.preprocess, mesh,
-                                     run.convolutions)
+  task = tasks.get(run.config)
+  source, eval_step = task.evaluation(run.config, test, run.model, run.preprocess, mesh,
+                                      run.convolutions)
   variables = distributed.replicate_tree(run.variables, mesh)
   ev = steps.evaluate(eval_step, variables, source)
-  result = {'test_accuracy': ev['accuracy'], 'test_loss': ev['loss'], 'step': run.step,
-            'num_examples': len(test), 'evaluated_ema': run.uses_ema,
-            'flip_tta': bool(run.config.eval_flip_tta)}
+  result = {**task.eval_record(ev), 'step': run.step, 'num_examples': len(test),
+            'evaluated_ema': run.uses_ema, 'flip_tta': bool(run.config.eval_flip_tta)}
   if distributed.is_main_process():
     util.write_json(os.path.join(workdir, 'eval.json'), result)
-    print(f'{workdir} step {run.step}: test accuracy {100 * ev["accuracy"]:.2f}% '
-          f'(loss {ev["loss"]:.4f}) on {len(test)} examples; '
+    print(f'{workdir} step {run.step}: {task.eval_line(ev)} on {len(test)} examples; '
           f'{os.path.join(workdir, "eval.json")}', flush=True)
 

@@ -22,14 +22,16 @@ import fnmatch
 import os
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import models
+from data import sources
 from errors import UserError
 from kernels import convolutions
+from models import summary
+from store import checkpoints, runs
+from train import distributed
 
 # --------------------------------------------------------------------------- layer lists
 
@@ -127,86 +129,16 @@ def check(config, info) -> None:
     if needs:
       raise UserError(f'finetune.{needs[0]} needs a source run: set --config.init_from=WORKDIR')
     return
-  if not os.path.isfile(os.path.join(config.init_from, 'config.json')):
-    raise UserError(f'init_from {config.init_from} is not a trained run (no config.json); pass '
-                    'the workdir of a --mode=train run')
-  from data import datasets
-  from train import checkpoints
+  runs.check_run(config.init_from, 'init_from', info.shape)
   source = checkpoints.load_config(config.init_from)
-  src = datasets.info(source.dataset)
-  if tuple(src.shape) != tuple(info.shape):
-    raise UserError(f'init_from {config.init_from} was trained on {"x".join(map(str, src.shape))} '
-                    f'inputs but this run\'s are {"x".join(map(str, info.shape))}; fine-tune from '
-                    'a run with the same input shape (or set dataset.image_shape to match)')
   step = None if config.init_from_step < 0 else config.init_from_step
-  checkpoints._step_dir(config.init_from, step)  # the checkpoint exists
+  checkpoints.step_dir(config.init_from, step)  # the checkpoint exists
   if f.progressive:
     if config.int8_qat:
       raise UserError('finetune.progressive and int8_qat cannot be combined')
     if source.model.to_dict() != config.model.to_dict():
       raise UserError('finetune.progressive adds a column of the source\'s architecture: use the '
                       f'source run\'s model block (model.name={source.model.name})')
-
-
-# --------------------------------------------------------------------------- models
-
-
-class Progressive(nn.Module):
-  """Rusu et al.'s progressive network with two columns: `column_a` (the source network, always
-  in inference mode and behind stop_gradient) and `column_b` (same architecture, new head). The
-  input of every layer of column B but the first gets a lateral connection from the input of
-  the same layer of column A: a 1x1 convolution (a dense map for flat features), zero at
-  initialization, so training starts from an independent column."""
-  column_a: nn.Module
-  column_b: nn.Module
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    inputs_a: dict[str, jax.Array] = {}
-
-    def grab(next_fun, args, kwargs, context):
-      path = context.module.path
-      if (context.method_name == '__call__' and len(path) == 2 and path[0] == 'column_a'
-          and path[1] not in inputs_a):
-        inputs_a[path[1]] = args[0]
-      return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(grab):
-      self.column_a(x, train=False)
-    names = list(inputs_a)[1:]
-    lateral = {}
-    for n in names:
-      a = jax.lax.stop_gradient(inputs_a[n])
-      if a.ndim > 2:
-        lateral[n] = nn.Conv(a.shape[-1], (1,) * (a.ndim - 2), kernel_init=nn.initializers.zeros,
-                             name=f'lateral_{n}')(a)
-      else:
-        lateral[n] = nn.Dense(a.shape[-1], kernel_init=nn.initializers.zeros,
-                              name=f'lateral_{n}')(a)
-
-    def add(next_fun, args, kwargs, context):
-      path = context.module.path
-      if (context.method_name == '__call__' and len(path) == 2 and path[0] == 'column_b'
-          and path[1] in lateral and lateral[path[1]].shape == args[0].shape):
-        args = (args[0] + lateral.pop(path[1]).astype(args[0].dtype), *args[1:])
-      return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(add):
-      return self.column_b(x, train=train)
-
-
-def build(config, num_classes: int, dtype: Any, convolutions=None) -> nn.Module:
-  """The run's model: `config.model`, or for a progressive run the two-column network over the
-  source run's architecture and classes."""
-  model = models.create(config.model, num_classes, dtype, convolutions=convolutions)
-  if not (config.get('finetune') and config.finetune.progressive):
-    return model
-  from data import datasets
-  from train import checkpoints
-  source = checkpoints.load_config(config.init_from)
-  column_a = models.create(source.model, datasets.info(source.dataset).num_classes, dtype,
-                           convolutions=convolutions)
-  return Progressive(column_a=column_a, column_b=model)
 
 
 # --------------------------------------------------------------------------- initialization
@@ -245,7 +177,6 @@ def initial_variables(config, model, example_shape, key, source, this_dataset: d
     reinit = [n for n in params if n != 'column_a']
     return ({'params': params, 'batch_stats': stats},
             _record(source, loaded, reinit))
-  from models import summary
   order = order or summary.layer_order(model, fresh, example_shape)
   reinit = select(config.finetune.reinit, order, 'finetune.reinit')
   head = order[-1]
@@ -283,12 +214,11 @@ def _record(source, loaded: list[str], reinit: list[str]) -> dict:
 
 
 def load_source(config):
-  """The source run (checkpoints.Run) of `init_from`, or None."""
+  """The source run (runs.Run) of `init_from`, or None."""
   if not config.init_from:
     return None
-  from train import checkpoints
-  return checkpoints.load_run(config.init_from,
-                              None if config.init_from_step < 0 else config.init_from_step)
+  return runs.load_run(config.init_from,
+                       None if config.init_from_step < 0 else config.init_from_step)
 
 
 # --------------------------------------------------------------------------- forgetting
@@ -309,21 +239,19 @@ def source_variables(config, variables: dict, task: 'SourceTask') -> dict:
 class SourceTask:
   """The source task's test split, an eval step of the source model on it, and the source
   run's head ({'params': {name: ...}, 'batch_stats': ...}, on the run's devices)."""
-  source: Any   # checkpoints.Run
+  source: Any   # runs.Run
   eval_source: Any
   eval_step: Any
   num_examples: int
   head: dict
 
 
-def source_task(config, source, preprocess, mesh, convs) -> SourceTask:
-  from data import sources
-  from models import summary
-  from train import distributed, steps
+def source_task(config, source, mesh, make_eval_step) -> SourceTask:
+  """The source run's test split and head, with `make_eval_step(model, eval source)` (the
+  task's eval step) of the source model on it."""
   test = source.test_split()
   eval_source = sources.InMemoryEval(test, config.eval_batch_size, mesh)
-  step = steps.make_eval_step(source.model, eval_source, preprocess, mesh, config.eval_flip_tta,
-                              convs.compiler_options())
+  step = make_eval_step(source.model, eval_source)
   name = summary.layer_order(source.model, source.variables, source.info.shape)[-1]
   head = {part: {name: source.variables[part][name]} if name in source.variables[part] else {}
           for part in ('params', 'batch_stats')}
@@ -350,3 +278,22 @@ def num_trainable(params, factors: dict[str, float]) -> int:
   return int(sum(np.prod(a.shape) for n, sub in params.items() if factors.get(n, 1.0) != 0
                  for a in jax.tree_util.tree_leaves(sub)))
 
+
+
+def results(config, meta: dict, init_record: dict | None, factors: dict[str, float],
+            params) -> dict:
+  """results.json's `init_from` (the source, what was loaded and re-initialized, and the
+  source task's accuracy before and after, when evaluated) and `finetune`."""
+  record = None
+  if init_record is not None or 'init_from' in meta:
+    record = dict(meta.get('init_from') or init_record)
+    hist = [h['source_test_accuracy'] for h in meta['history'] if 'source_test_accuracy' in h]
+    if hist:
+      record['source_test_accuracy'] = hist[-1]
+      record['forgetting'] = record['source_test_accuracy_before'] - hist[-1]
+  return {'init_from': record,
+          'finetune': {'frozen': [n for n, v in factors.items() if v == 0],
+                       'lr_multipliers': {n: v for n, v in factors.items() if v not in (0, 1)},
+                       'trainable_params': num_trainable(params, factors),
+                       'freeze_batch_stats': bool(config.finetune.freeze_batch_stats),
+                       'progressive': bool(config.finetune.progressive)}}

@@ -1,20 +1,22 @@
 """Knowledge distillation (Hinton et al. 2015, "Distilling the Knowledge in a Neural Network"):
 a student trained on the soft targets of a trained teacher run, through the normal train loop
 (`distill.teacher` in the config; the teacher's logits are computed inside the step on the
-student's augmented batch, so the two always see the same image).
+student's augmented batch, so the two always see the same image). Used by --mode=compress's
+distillation stage too.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from errors import UserError
+from models import summary
+from store import runs
+from train import distributed
 
 
 def loss(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array,
@@ -41,37 +43,18 @@ def check(d, example_shape=None, num_classes: int | None = None) -> None:
     raise UserError(f'distill.temperature must be positive, got {d.temperature}')
   if not 0.0 <= d.weight <= 1.0:
     raise UserError(f'distill.weight (of the soft-target term) must be in [0, 1], got {d.weight}')
-  if not os.path.isfile(os.path.join(d.teacher, 'config.json')):
-    raise UserError(f'distill.teacher {d.teacher} is not a trained run (no config.json); pass '
-                    'the workdir of a finished --mode=train run')
-  if example_shape is not None:
-    from data import datasets
-    from train import checkpoints
-    info = datasets.info(checkpoints.load_config(d.teacher).dataset)
-    _same_data(d.teacher, info, example_shape, num_classes)
-
-
-def _same_data(teacher: str, info, example_shape, num_classes: int) -> None:
-  if tuple(info.shape) != tuple(example_shape) or info.num_classes != num_classes:
-    raise UserError(f'distill.teacher {teacher} was trained on {info.name} '
-                    f'({"x".join(map(str, info.shape))}, {info.num_classes} classes) but '
-                    f'the student\'s data is {"x".join(map(str, example_shape))} with '
-                    f'{num_classes} classes; use a teacher trained on the same data')
+  runs.check_run(d.teacher, 'distill.teacher', example_shape, num_classes, what='the student')
 
 
 @dataclasses.dataclass
 class Teacher:
-  """A trained run as the step needs it: `logits(variables, pixels)` for float pixels in
-  [0, 255], and its variables (an argument of the step, not a compiled-in constant)."""
+  """A trained run as the step needs it: its network (`net.logits(variables, pixels)` for float
+  pixels in [0, 255]) and its variables (an argument of the step, not a compiled-in constant)."""
   workdir: str
   step: int
-  model: Any
-  preprocess: Any
+  net: runs.Net
   variables: dict
   num_params: int
-
-  def logits(self, variables: dict, pixels: jax.Array) -> jax.Array:
-    return self.model.apply(variables, self.preprocess(pixels), train=False)
 
 
 def load_teacher(d, example_shape, num_classes: int) -> Teacher | None:
@@ -79,10 +62,37 @@ def load_teacher(d, example_shape, num_classes: int) -> Teacher | None:
   before anything is compiled."""
   if not d.teacher:
     return None
-  check(d)
-  from models import summary
-  from train import checkpoints
-  run = checkpoints.load_run(d.teacher)
-  _same_data(d.teacher, run.info, example_shape, num_classes)
-  return Teacher(workdir=d.teacher, step=run.step, model=run.model, preprocess=run.preprocess,
-                 variables=run.variables, num_params=summary.count_params(run.variables['params']))
+  check(d, example_shape, num_classes)
+  run = runs.load_run(d.teacher)
+  return Teacher(workdir=d.teacher, step=run.step, net=run.net, variables=run.variables,
+                 num_params=summary.count_params(run.variables['params']))
+
+
+class Distill:
+  """The objective of a student: `loss` above on the logits of the teacher, which sees the
+  student's (augmented, possibly adversarial) batch in its own input units."""
+
+  def __init__(self, config, teacher: Teacher):
+    self.teacher, self.d, self.label_smoothing = teacher, config.distill, config.label_smoothing
+
+  def step_args(self, mesh) -> tuple:
+    return (distributed.replicate_tree(self.teacher.variables, mesh),)
+
+  def prepare(self, view, x, y):
+    return jax.lax.stop_gradient(
+        self.teacher.net.logits(view.args[0], view.preprocess.to_pixels(x)))
+
+  def loss(self, forward, params, batch_stats, x, y, teacher_logits):
+    logits, batch_stats = forward(params, batch_stats, x)
+    value = loss(logits, teacher_logits, y, self.d.temperature, self.d.weight,
+                 self.label_smoothing).mean()
+    return value, (logits, batch_stats)
+
+  def model_input(self, x, aux):
+    return x
+
+  def record(self) -> dict:
+    t = self.teacher
+    return {'distill': {'teacher': t.workdir, 'teacher_step': t.step,
+                        'teacher_params': t.num_params, 'temperature': self.d.temperature,
+                        'weight': self.d.weight}}
