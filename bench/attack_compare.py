@@ -38,7 +38,8 @@ def main() -> None:
 
   import jax
   import jax.numpy as jnp
-  from analysis import attack, common, explain
+  import attacks
+  from analysis import common, explain
   from explain_compare import export
   from store import checkpoints, runs
   run = runs.load_run(args.workdir)

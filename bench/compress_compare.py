@@ -30,7 +30,8 @@ def main() -> None:
   args = p.parse_args()
 
   import jax.numpy as jnp
-  from compress import distill, prune, share
+  from compress import prune, share
+  from train.objectives import distill
   from store import checkpoints, runs
   run = runs.load_run(args.workdir)
   params = run.variables['params']

@@ -25,7 +25,7 @@ from data import datasets
 from errors import UserError
 from models import layout as layout_lib
 from models import summary
-from sweeps import declare
+from configs import declare
 
 WIDTH_KEY = 'model.width_multiplier'
 MAX_NAME = 60

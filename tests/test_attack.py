@@ -1,4 +1,4 @@
-"""analysis/attack.py and --mode=attack: every attack stays in its eps-ball and in [0, 1], does
+"""attacks/ and --mode=attack: every attack stays in its eps-ball and in [0, 1], does
 nothing at eps 0, breaks an undefended net and behaves as attacks must (restarts, targets,
 APGD against PGD, fewer than 10 classes); adversarial training helps; bad settings fail early."""
 
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from analysis import attack  # noqa: E402  (conftest puts the repository on sys.path)
+import attacks  # noqa: E402  (conftest puts the repository on sys.path)
 from conftest import load_results, overrides, run_main
 from errors import UserError  # noqa: E402
 
@@ -18,7 +18,7 @@ from errors import UserError  # noqa: E402
 @pytest.fixture(scope='module')
 def target(small_trained_net):
   _, net, v, x, y = small_trained_net
-  return attack.logits01(net, v), x / 255.0, y
+  return net.logits01(v), x / 255.0, y
 
 
 @pytest.mark.parametrize('norm,eps', [('linf', 8 / 255), ('l2', 0.5)])

@@ -10,7 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from compress import codec, distill, pipeline, prune, share
+from compress import codec, pipeline, prune, share
+from train.objectives import distill
 from conftest import run_main
 from errors import UserError
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from store import runs
 
 from analysis import explain  # noqa: E402  (conftest puts the repository on sys.path)
 from data import augment  # noqa: E402

@@ -10,7 +10,8 @@ import pytest
 from conftest import REPO, overrides
 
 from errors import UserError
-from sweeps import axis, budget, declare, expand, launch, product, report, runner, zipped
+from configs import declare
+from sweeps import axis, budget, expand, launch, product, report, runner, zipped
 
 DEFAULT = os.path.join(REPO, 'configs', 'default.py')
 TINY_ARGS = [f'--config={DEFAULT}', *overrides(num_train_steps=3)]

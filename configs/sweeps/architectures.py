@@ -16,7 +16,7 @@ import ml_collections
 
 from configs import default
 from configs.sweeps import SEEDS, architecture_protocol
-from sweeps import axis, product
+from configs.declare import axis, product
 
 REFERENCE = 'simplenet_cifar_310k'
 VGG11_28 = '64,p,128,p,256,256,p,512,512,p,512,512'

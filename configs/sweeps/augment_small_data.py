@@ -17,7 +17,7 @@ reading: docs/data.md.
 import ml_collections
 
 from configs import common, default
-from sweeps import axis
+from configs.declare import axis
 
 CONDITIONS = {
     'none': {'augment.crop_padding': 0, 'augment.flip': False},

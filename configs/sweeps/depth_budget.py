@@ -14,7 +14,7 @@ import ml_collections
 
 from configs import default
 from configs.sweeps import SEEDS, architecture_protocol
-from sweeps import axis, budget, product, zipped
+from configs.declare import axis, budget, product, zipped
 
 # Conv widths per layer, 'p' = 2x2 max pool; from the SimpNet paper / Coderx7/SimpNet.
 # The report's reference: SimpleNet's own 13-layer layout.

@@ -17,7 +17,7 @@ jobs running), less with --parallel=2. Reading: docs/less_data.md.
 import ml_collections
 
 from configs import common, default
-from sweeps import axis
+from configs.declare import axis
 
 CONDITIONS = {'real': {'dataset.extra_train': ''}, 'gan100': {'dataset.extra_per_class': 100},
               'gan1000': {'dataset.extra_per_class': 1000}}

@@ -23,7 +23,7 @@ import ml_collections
 
 from configs import default
 from configs.sweeps import SEEDS
-from sweeps import axis, product
+from configs.declare import axis, product
 
 NETS = {
     'simplenet13': '64,32,32,32,p,32,32,64,p,64,64,p,128,256k1,64k1,p,64',

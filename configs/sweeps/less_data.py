@@ -27,7 +27,7 @@ cores: 88 minutes for the 48 trials with --parallel=2. Results and reading: docs
 import ml_collections
 
 from configs import common, default
-from sweeps import axis
+from configs.declare import axis
 
 # per_class -> (batch size, steps or 0, epochs or 0, evaluate every so many epochs)
 SIZES = {10: (50, 300, 0, 60), 100: (100, 400, 0, 20), 1000: (128, 0, 10, 2), 0: (128, 0, 3, 1)}

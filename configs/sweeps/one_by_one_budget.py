@@ -15,7 +15,7 @@ import ml_collections
 
 from configs import default
 from configs.sweeps import SEEDS, architecture_protocol
-from sweeps import axis, budget, product
+from configs.declare import axis, budget, product
 
 # The report's reference: every conv 3x3, the baseline of SimpNet's Table VIII.
 REFERENCE = 'one_by_one=none'

@@ -16,7 +16,7 @@ import ml_collections
 
 from configs import default
 from configs.sweeps import SEEDS, architecture_protocol
-from sweeps import axis, product
+from configs.declare import axis, product
 
 # The report's reference: slim SimpleNet as published (x1, its two 1x1s).
 REFERENCE = 'one_by_one=default_width_multiplier=1.0'
