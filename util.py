@@ -3,6 +3,7 @@ checks."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -63,3 +64,61 @@ def check_workdir(workdir: str) -> None:
   except OSError as e:
     raise UserError(f'workdir {workdir} is not writable ({e.strerror}); pass a --workdir you can '
                     'write to') from None
+
+
+# ----------------------------------------------------------------------------- mode options
+# A mode's options are a dataclass (e.g. analysis/options.py) whose fields carry their default
+# and help; `define_flags` declares the absl flags from it and `from_flags` reads them back,
+# so each default is written once.
+
+
+def option(default: Any, help: str, flag: str | None = None, parse: Callable | None = None):
+  """A field of a mode's options: `flag` is its absl flag (None: the mode's prefix + the field
+  name; '': no flag), `parse` turns a list flag's items into the field's values."""
+  return dataclasses.field(default=default,
+                           metadata={'help': help, 'flag': flag, 'parse': parse})
+
+
+def _flag_name(field, prefix: str) -> str:
+  name = field.metadata.get('flag')
+  return prefix + field.name if name is None else name
+
+
+def define_flags(cls, mode: str, prefix: str) -> None:
+  """Declares one absl flag per field of the options dataclass `cls`: a list flag (empty =
+  the field's default) for tuples, else the field's type with its default."""
+  from absl import flags
+  for f in dataclasses.fields(cls):
+    name = _flag_name(f, prefix)
+    if not name:
+      continue
+    help_text = f'--mode={mode}: {f.metadata["help"]}'
+    kind = str(f.type)
+    if kind.startswith('tuple'):
+      flags.DEFINE_list(name, [], help_text)
+    elif kind == 'bool':
+      flags.DEFINE_bool(name, f.default, help_text)
+    elif kind.startswith('int'):
+      flags.DEFINE_integer(name, f.default, help_text)
+    elif kind == 'float':
+      flags.DEFINE_float(name, f.default, help_text)
+    else:
+      flags.DEFINE_string(name, f.default, help_text)
+
+
+def from_flags(cls, values, prefix: str):
+  """The options dataclass `cls` from parsed flag `values` (absl's FLAGS): list flags become
+  tuples (their `parse`, else int or str items by the field's type), empty ones the default."""
+  kwargs = {}
+  for f in dataclasses.fields(cls):
+    name = _flag_name(f, prefix)
+    if not name:
+      continue
+    value = getattr(values, name)
+    if str(f.type).startswith('tuple'):
+      if not value:
+        continue
+      parse = f.metadata.get('parse') or (int if 'int' in str(f.type) else str)
+      value = tuple(parse_list(f'--{name}', ','.join(value), parse))
+    kwargs[f.name] = value
+  return cls(**kwargs)

@@ -32,12 +32,13 @@ import numpy as np
 import optax
 
 import util
-from analysis import common
+from analysis import common, options
 from errors import UserError
 from kernels import convolutions
 from models import layers as layers_lib
 from models import summary
 from store import runs
+from train import tasks
 
 PIXEL_MAX = 255.0
 
@@ -484,37 +485,12 @@ def targeted_perturbation(net, variables, x, classes, map_fn: Callable, eps: flo
 
 # ----------------------------------------------------------------------------- --mode=explain
 
-METHODS = ('gradient', 'grad_x_input', 'smoothgrad', 'integrated_gradients', 'occlusion',
-           'gradcam', 'gradcam_pp', 'guided_backprop', 'deconvnet')
-PARTS = ('maps', 'projections', 'maximize', 'invert')
+METHODS = options.METHODS
+PARTS = options.EXPLAIN_PARTS
+Options = options.Explain  # the mode's options and their defaults (analysis/options.py)
 # Methods whose map is a smooth function of the input once ReLU is made smooth, so the
 # targeted fragility attack can follow its gradient; the others are too costly or piecewise.
 ATTACKABLE = ('gradient', 'grad_x_input', 'smoothgrad', 'integrated_gradients', 'gradcam')
-
-
-@dataclasses.dataclass
-class Options:
-  methods: tuple[str, ...] = METHODS
-  parts: tuple[str, ...] = PARTS
-  num_images: int = 8
-  explain_class: str = 'true'     # the class each map explains: true | predicted | an index
-  layer: str = ''                 # Grad-CAM / projections layer ('' = the last spatial conv)
-  ig_steps: int = 50
-  ig_baseline: str = 'black'
-  smoothgrad_samples: int = 25
-  noise_level: float = 0.15
-  occlusion_size: int = 6
-  occlusion_stride: int = 2
-  occlusion_fill: float = 0.0
-  maximize_steps: int = 256
-  maximize_targets: tuple[str, ...] = ()  # 'classes' (default) or 'LAYER:CHANNEL' entries
-  fourier: bool = True
-  jitter: int = 2
-  blur_every: int = 0
-  invert_steps: int = 300
-  invert_images: int = 4
-  seed: int = 0
-  step: int | None = None
 
 
 def check_options(o: Options) -> None:
@@ -620,11 +596,201 @@ def list_layers(workdir: str) -> list[tuple[str, tuple[int, ...]]]:
   return conv_layers(run.net, run.variables, run.info.shape)
 
 
-def run_explain(workdir: str, o: Options) -> dict:
-  """`--mode=explain`: everything of this module on a trained run, into `W/explain/`."""
+@dataclasses.dataclass
+class Context:
+  """What every part of `--mode=explain` shares: the run, its network (and an XLA copy for
+  second derivatives), the picked images and the classes each map explains, and the outputs."""
+  workdir: str
+  run: runs.Run
+  o: Options
+  t_start: float
+  model: Any
+  net: runs.Net
+  smooth_net: runs.Net
+  device: Any
+  variables: dict
+  shape: tuple
+  convs: list            # (conv layer, output shape) in forward order
+  spatial: list
+  image_model: bool
+  layer: str             # the layer of Grad-CAM and the projections
+  out: str               # W/explain
+  plt: Any
+  images: np.ndarray
+  labels: np.ndarray
+  idx: np.ndarray
+  x: jax.Array
+  classes: jax.Array
+  notes: dict
+  results: dict
+  key: jax.Array
+
+
+def _maps(ctx: Context) -> None:
+  """Attribution maps of every method with their faithfulness (deletion / insertion AUC),
+  sanity (cascading randomization) and fragility (random and targeted perturbations)."""
+  (workdir, run, o, t_start, model, net, smooth_net, device, variables, shape, image_model,
+   layer, out, plt, images, labels, x, classes, notes, results, key) = (
+      ctx.workdir, ctx.run, ctx.o, ctx.t_start, ctx.model, ctx.net, ctx.smooth_net, ctx.device,
+      ctx.variables, ctx.shape, ctx.image_model, ctx.layer, ctx.out, ctx.plt, ctx.images,
+      ctx.labels, ctx.x, ctx.classes, ctx.notes, ctx.results, ctx.key)
+  noise = smoothgrad_noise(key, x, o.smoothgrad_samples, o.noise_level)
+  fns = _method_fns(o, run.preprocess.mean, layer if image_model else None, noise)
+  cheap = dataclasses.replace(o, ig_steps=min(o.ig_steps, 16))
+  attack_fns = _method_fns(cheap, run.preprocess.mean, layer if image_model else None,
+                           noise[:8])
+  methods = []
+  for m in o.methods:
+    if m not in fns or (not image_model and m in ('occlusion', 'gradcam', 'gradcam_pp')):
+      notes[m] = ('needs 2-D images' if not image_model else
+                  'needs a conv layer with spatial extent; this model has none')
+      continue
+    methods.append(m)
+  random_vars = jax.device_put(model.init(jax.random.key(o.seed + 1), x[:1] * 0, train=False),
+                               device)
+  cascade = cascading_randomization(variables, random_vars,
+                                    module_order(net, variables, shape))
+  rng = np.random.default_rng(o.seed)
+  small = jnp.asarray(rng.uniform(-2, 2, x.shape), jnp.float32)  # +-2 of 255 levels
+  x_noisy = jnp.clip(x + small, 0, PIXEL_MAX)
+  same = np.asarray(jnp.argmax(net.logits(variables, x_noisy), 1) ==
+                    jnp.argmax(net.logits(variables, x), 1))
+  maps, rows = {}, []
+  for m in methods + ['random']:
+    if m == 'random':
+      maps[m] = np.asarray(jax.random.uniform(key, x.shape[:-1]))
+      elapsed = 0.0
+    else:
+      fn = jax.jit(functools.partial(fns[m], net))
+      jax.block_until_ready(fn(variables, x, classes))  # compile
+      t = time.perf_counter()
+      maps[m] = np.asarray(jax.block_until_ready(fn(variables, x, classes)))
+      elapsed = (time.perf_counter() - t) / len(x)
+    row = {'method': m, 'seconds_per_image': round(elapsed, 5)}
+    if image_model:
+      _, _, d_auc, i_auc = jax.jit(functools.partial(deletion_insertion, net))(
+          variables, x, classes, jnp.asarray(maps[m]))
+      row['deletion_auc'] = float(np.mean(d_auc))
+      row['insertion_auc'] = float(np.mean(i_auc))
+    if m != 'random':
+      per_layer = [(name, spearman(maps[m], np.asarray(fn(v, x, classes))))
+                   for name, v in cascade]
+      row['sanity_rank_corr'] = per_layer[-1][1]
+      row['sanity_cascade'] = [[name, round(r, 4)] for name, r in per_layer]  # top first
+      noisy = np.asarray(fn(variables, x_noisy, classes))
+      row['fragility_random_topk'] = topk_intersection(maps[m][same], noisy[same])
+      row['fragility_random_rank_corr'] = spearman(maps[m][same], noisy[same])
+      if m in ATTACKABLE and image_model:
+        def smooth_map(v, xp, m=m):  # a cheaper surrogate of the map guides the attack
+          with relu_rule('softplus'):
+            return attack_fns[m](smooth_net, v, xp, classes)
+        xp = targeted_perturbation(net, variables, x, classes, smooth_map)
+        attacked = np.asarray(fn(variables, xp, classes))
+        row['fragility_topk'] = topk_intersection(maps[m], attacked)
+        row['fragility_rank_corr'] = spearman(maps[m], attacked)
+      else:
+        row['fragility_topk'] = None
+        notes.setdefault(f'{m}: fragility_topk', 'no targeted attack: ' + (
+            'the map is not a smooth function of the input (or too costly to differentiate)'
+            if image_model else 'it is implemented for 2-D images'))
+    rows.append(row)
+    fmt = lambda v: 'n/a' if v is None else f'{v:.3f}'
+    logging.info('explain: %s: deletion AUC %s, insertion AUC %s, sanity %s (%.0f s so far)',
+                 m, fmt(row.get('deletion_auc')), fmt(row.get('insertion_auc')),
+                 fmt(row.get('sanity_rank_corr')), time.time() - t_start)
+  if image_model:
+    _overlay_grid(plt, images, {m: maps[m] for m in methods}, labels,
+                  f'{out}/maps.png')
+  results['methods'] = rows
+  results['fraction_prediction_unchanged_by_noise'] = float(same.mean())
+  columns = ['method', 'deletion_auc', 'insertion_auc', 'sanity_rank_corr', 'fragility_topk',
+             'fragility_random_topk', 'seconds_per_image']
+  common.write_outputs(out, results, rows, f'Attribution maps of {workdir}', columns,
+                       name='metrics')
+
+
+def _projections(ctx: Context) -> None:
+  """Deconvnet projections of the top-activating test images of 4 channels of `layer`."""
+  (run, net, variables, layer, out, plt, results) = (
+      ctx.run, ctx.net, ctx.variables, ctx.layer, ctx.out, ctx.plt, ctx.results)
+  if not layer:
+    return
+  test = run.test_split()
+  pool = test.images[:2000].astype(np.float32)
+  rows_img, row_labels = [], []
+  for channel in range(4):
+    top, peaks = top_activating(net, variables, pool, layer, channel)
+    proj = np.asarray(project(net, variables, jnp.asarray(pool[top]), layer, channel))
+    proj = np.abs(proj).sum(-1, keepdims=True)
+    proj = proj / (proj.max(axis=(1, 2, 3), keepdims=True) + 1e-8) * PIXEL_MAX
+    rows_img += [pool[top], proj]
+    row_labels += [f'{layer} ch {channel}: top 9', 'deconvnet projections']
+    results.setdefault('projections', []).append(
+        {'layer': layer, 'channel': channel, 'top_images': top.tolist(),
+         'peak_activations': [round(float(p), 4) for p in peaks]})
+  image_grid(plt, rows_img, row_labels, f'{out}/projections.png')
+
+
+def _maximize(ctx: Context) -> None:
+  """Activation maximization of classes or channels (`--explain_maximize_targets`)."""
+  (run, o, net, variables, shape, convs, image_model, out, plt, results) = (
+      ctx.run, ctx.o, ctx.net, ctx.variables, ctx.shape, ctx.convs, ctx.image_model, ctx.out,
+      ctx.plt, ctx.results)
+  if not image_model:
+    return
+  rows_img, row_labels, maxi = [], [], []
+  for i, (target, score) in enumerate(_targets(net, o, run.info.num_classes, convs)):
+    imgs, start, end = maximize(net, variables, shape, score, starts=3,
+                                steps=o.maximize_steps, jitter=o.jitter,
+                                blur_every=o.blur_every, fourier=o.fourier, seed=o.seed + i)
+    rows_img.append(imgs)
+    row_labels.append(target)
+    maxi.append({'target': target, 'start': [round(float(s), 3) for s in start],
+                 'end': [round(float(e), 3) for e in end]})
+  results['maximization'] = maxi
+  image_grid(plt, rows_img, row_labels, f'{out}/maximization.png')
+  util.write_json(f'{out}/maximization.json', maxi)
+
+
+def _invert(ctx: Context) -> None:
+  """Feature inversion from every conv layer, with PSNR and SSIM per layer."""
+  (o, net, variables, convs, image_model, out, plt, images, idx, x, results) = (
+      ctx.o, ctx.net, ctx.variables, ctx.convs, ctx.image_model, ctx.out, ctx.plt, ctx.images,
+      ctx.idx, ctx.x, ctx.results)
+  if not image_model:
+    return
+  xi = x[:o.invert_images]
+  inv_rows, grid, labels_ = [], [images[:o.invert_images]], ['originals']
+  for name, s in convs:
+    rec = invert(net, variables, xi, name, steps=o.invert_steps, seed=o.seed)
+    p, q = psnr_ssim(rec, xi)
+    inv_rows.append({'layer': name, 'shape': list(s), 'psnr': float(np.mean(p)),
+                     'ssim': float(np.mean(q))})
+    grid.append(np.asarray(rec))
+    labels_.append(f'{name}: {np.mean(p):.1f} dB')
+  util.write_json(f'{out}/inversion.json', {'images': idx[:o.invert_images].tolist(),
+                                            'layers': inv_rows})
+  fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+  axes[0].plot(range(len(inv_rows)), [r['psnr'] for r in inv_rows], 'o-')
+  axes[0].set(xlabel='conv layer (input to output)', ylabel='PSNR (dB)')
+  axes[1].plot(range(len(inv_rows)), [r['ssim'] for r in inv_rows], 'o-')
+  axes[1].set(xlabel='conv layer (input to output)', ylabel='SSIM')
+  common.save_figure(fig, f'{out}/inversion_quality.png')
+  image_grid(plt, grid, labels_, f'{out}/inversion.png')
+  results['inversion'] = inv_rows
+
+
+# The parts of --mode=explain (`--explain_parts`), in the order they run.
+PART_FUNCTIONS = (('maps', _maps), ('projections', _projections), ('maximize', _maximize),
+                  ('invert', _invert))
+
+
+def context(workdir: str, o: Options) -> Context:
+  """The shared context of the parts: the run loaded and checked, images and classes picked."""
   check_options(o)
   t_start = time.time()
   run = runs.load_run(workdir, o.step)
+  tasks.check_mode(run.config, 'explain')
   # The run's own convolutions (oneDNN's on AVX-512 CPUs: 20x faster input gradients here than
   # XLA's, whose stem backward is slow); the targeted attack needs second derivatives, which
   # oneDNN's first-order VJP does not give, so it differentiates a copy on XLA's.
@@ -664,130 +830,17 @@ def run_explain(workdir: str, o: Options) -> dict:
                              'classes': np.asarray(classes).tolist(), 'layer': layer,
                              'notes': notes}
   key = jax.random.key(o.seed)
+  return Context(workdir=workdir, run=run, o=o, t_start=t_start, model=model, net=net,
+                 smooth_net=smooth_net, device=device, variables=variables, shape=shape,
+                 convs=convs, spatial=spatial, image_model=image_model, layer=layer, out=out,
+                 plt=plt, images=images, labels=labels, idx=idx, x=x, classes=classes,
+                 notes=notes, results=results, key=key)
 
-  if 'maps' in o.parts:
-    noise = smoothgrad_noise(key, x, o.smoothgrad_samples, o.noise_level)
-    fns = _method_fns(o, run.preprocess.mean, layer if image_model else None, noise)
-    cheap = dataclasses.replace(o, ig_steps=min(o.ig_steps, 16))
-    attack_fns = _method_fns(cheap, run.preprocess.mean, layer if image_model else None,
-                             noise[:8])
-    methods = []
-    for m in o.methods:
-      if m not in fns or (not image_model and m in ('occlusion', 'gradcam', 'gradcam_pp')):
-        notes[m] = ('needs 2-D images' if not image_model else
-                    'needs a conv layer with spatial extent; this model has none')
-        continue
-      methods.append(m)
-    random_vars = jax.device_put(model.init(jax.random.key(o.seed + 1), x[:1] * 0, train=False),
-                                 device)
-    cascade = cascading_randomization(variables, random_vars,
-                                      module_order(net, variables, shape))
-    rng = np.random.default_rng(o.seed)
-    small = jnp.asarray(rng.uniform(-2, 2, x.shape), jnp.float32)  # +-2 of 255 levels
-    x_noisy = jnp.clip(x + small, 0, PIXEL_MAX)
-    same = np.asarray(jnp.argmax(net.logits(variables, x_noisy), 1) ==
-                      jnp.argmax(net.logits(variables, x), 1))
-    maps, rows = {}, []
-    for m in methods + ['random']:
-      if m == 'random':
-        maps[m] = np.asarray(jax.random.uniform(key, x.shape[:-1]))
-        elapsed = 0.0
-      else:
-        fn = jax.jit(functools.partial(fns[m], net))
-        jax.block_until_ready(fn(variables, x, classes))  # compile
-        t = time.perf_counter()
-        maps[m] = np.asarray(jax.block_until_ready(fn(variables, x, classes)))
-        elapsed = (time.perf_counter() - t) / len(x)
-      row = {'method': m, 'seconds_per_image': round(elapsed, 5)}
-      if image_model:
-        _, _, d_auc, i_auc = jax.jit(functools.partial(deletion_insertion, net))(
-            variables, x, classes, jnp.asarray(maps[m]))
-        row['deletion_auc'] = float(np.mean(d_auc))
-        row['insertion_auc'] = float(np.mean(i_auc))
-      if m != 'random':
-        per_layer = [(name, spearman(maps[m], np.asarray(fn(v, x, classes))))
-                     for name, v in cascade]
-        row['sanity_rank_corr'] = per_layer[-1][1]
-        row['sanity_cascade'] = [[name, round(r, 4)] for name, r in per_layer]  # top first
-        noisy = np.asarray(fn(variables, x_noisy, classes))
-        row['fragility_random_topk'] = topk_intersection(maps[m][same], noisy[same])
-        row['fragility_random_rank_corr'] = spearman(maps[m][same], noisy[same])
-        if m in ATTACKABLE and image_model:
-          def smooth_map(v, xp, m=m):  # a cheaper surrogate of the map guides the attack
-            with relu_rule('softplus'):
-              return attack_fns[m](smooth_net, v, xp, classes)
-          xp = targeted_perturbation(net, variables, x, classes, smooth_map)
-          attacked = np.asarray(fn(variables, xp, classes))
-          row['fragility_topk'] = topk_intersection(maps[m], attacked)
-          row['fragility_rank_corr'] = spearman(maps[m], attacked)
-        else:
-          row['fragility_topk'] = None
-          notes.setdefault(f'{m}: fragility_topk', 'no targeted attack: ' + (
-              'the map is not a smooth function of the input (or too costly to differentiate)'
-              if image_model else 'it is implemented for 2-D images'))
-      rows.append(row)
-      fmt = lambda v: 'n/a' if v is None else f'{v:.3f}'
-      logging.info('explain: %s: deletion AUC %s, insertion AUC %s, sanity %s (%.0f s so far)',
-                   m, fmt(row.get('deletion_auc')), fmt(row.get('insertion_auc')),
-                   fmt(row.get('sanity_rank_corr')), time.time() - t_start)
-    if image_model:
-      _overlay_grid(plt, images, {m: maps[m] for m in methods}, labels,
-                    f'{out}/maps.png')
-    results['methods'] = rows
-    results['fraction_prediction_unchanged_by_noise'] = float(same.mean())
-    columns = ['method', 'deletion_auc', 'insertion_auc', 'sanity_rank_corr', 'fragility_topk',
-               'fragility_random_topk', 'seconds_per_image']
-    common.write_outputs(out, results, rows, f'Attribution maps of {workdir}', columns,
-                         name='metrics')
 
-  if 'projections' in o.parts and layer:
-    test = run.test_split()
-    pool = test.images[:2000].astype(np.float32)
-    rows_img, row_labels = [], []
-    for channel in range(4):
-      top, peaks = top_activating(net, variables, pool, layer, channel)
-      proj = np.asarray(project(net, variables, jnp.asarray(pool[top]), layer, channel))
-      proj = np.abs(proj).sum(-1, keepdims=True)
-      proj = proj / (proj.max(axis=(1, 2, 3), keepdims=True) + 1e-8) * PIXEL_MAX
-      rows_img += [pool[top], proj]
-      row_labels += [f'{layer} ch {channel}: top 9', 'deconvnet projections']
-      results.setdefault('projections', []).append(
-          {'layer': layer, 'channel': channel, 'top_images': top.tolist(),
-           'peak_activations': [round(float(p), 4) for p in peaks]})
-    image_grid(plt, rows_img, row_labels, f'{out}/projections.png')
-
-  if 'maximize' in o.parts and image_model:
-    rows_img, row_labels, maxi = [], [], []
-    for i, (target, score) in enumerate(_targets(net, o, run.info.num_classes, convs)):
-      imgs, start, end = maximize(net, variables, shape, score, starts=3,
-                                  steps=o.maximize_steps, jitter=o.jitter,
-                                  blur_every=o.blur_every, fourier=o.fourier, seed=o.seed + i)
-      rows_img.append(imgs)
-      row_labels.append(target)
-      maxi.append({'target': target, 'start': [round(float(s), 3) for s in start],
-                   'end': [round(float(e), 3) for e in end]})
-    results['maximization'] = maxi
-    image_grid(plt, rows_img, row_labels, f'{out}/maximization.png')
-    util.write_json(f'{out}/maximization.json', maxi)
-
-  if 'invert' in o.parts and image_model:
-    xi = x[:o.invert_images]
-    inv_rows, grid, labels_ = [], [images[:o.invert_images]], ['originals']
-    for name, s in convs:
-      rec = invert(net, variables, xi, name, steps=o.invert_steps, seed=o.seed)
-      p, q = psnr_ssim(rec, xi)
-      inv_rows.append({'layer': name, 'shape': list(s), 'psnr': float(np.mean(p)),
-                       'ssim': float(np.mean(q))})
-      grid.append(np.asarray(rec))
-      labels_.append(f'{name}: {np.mean(p):.1f} dB')
-    util.write_json(f'{out}/inversion.json', {'images': idx[:o.invert_images].tolist(),
-                                              'layers': inv_rows})
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
-    axes[0].plot(range(len(inv_rows)), [r['psnr'] for r in inv_rows], 'o-')
-    axes[0].set(xlabel='conv layer (input to output)', ylabel='PSNR (dB)')
-    axes[1].plot(range(len(inv_rows)), [r['ssim'] for r in inv_rows], 'o-')
-    axes[1].set(xlabel='conv layer (input to output)', ylabel='SSIM')
-    common.save_figure(fig, f'{out}/inversion_quality.png')
-    image_grid(plt, grid, labels_, f'{out}/inversion.png')
-    results['inversion'] = inv_rows
-  return results
+def run_explain(workdir: str, o: Options) -> dict:
+  """`--mode=explain`: the parts `o.parts` of this module on a trained run, into `W/explain/`."""
+  ctx = context(workdir, o)
+  for name, fn in PART_FUNCTIONS:
+    if name in o.parts:
+      fn(ctx)
+  return ctx.results

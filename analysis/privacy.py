@@ -16,7 +16,9 @@ from __future__ import annotations
 import numpy as np
 
 from analysis import common
+from data import datasets
 from errors import UserError
+from store import checkpoints
 
 
 def confidence_logit(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -69,7 +71,6 @@ def summary(members: np.ndarray, others: np.ndarray) -> dict:
 
 def training_range(workdir: str) -> tuple[int, float]:
   """[first, end) of the training examples a run used (end = inf when not recorded)."""
-  from store import checkpoints, runs
   cfg = checkpoints.load_config(workdir)
   first = int(cfg.dataset.train_offset)
   try:
@@ -82,7 +83,6 @@ def training_range(workdir: str) -> tuple[int, float]:
 def check_references(target_workdir: str, reference_workdirs) -> None:
   """References must be runs on the same data that never trained on the target's examples;
   checked from their configs before anything is compiled."""
-  from store import checkpoints, runs
   target = checkpoints.load_config(target_workdir).dataset
   t0, t1 = training_range(target_workdir)
   for ref in reference_workdirs:
@@ -101,7 +101,6 @@ def membership(run, n: int, seed: int = 0, references=(), train=None) -> tuple[d
   """Both attacks on `n` training examples of `run` against `n` of its test examples, picked by
   `seed`; `references` are loaded runs (load_run) disjoint from the target's training data.
   Returns (results, scores for the ROC plot)."""
-  from data import datasets
   train = datasets.load_split(run.config.dataset, 'train')
   test = run.test_split()
   n = min(n, len(train.labels), len(test.labels))

@@ -32,11 +32,15 @@ import dm_pix as pix
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
-from analysis import common
+from analysis import common, options
 from errors import UserError
+from store import runs
+from train import tasks
 
-SEVERITIES = (1, 2, 3, 4, 5)
+SEVERITIES = options.SEVERITIES
+Options = options.Shift  # the mode's options and their defaults (analysis/options.py)
 
 # Per corruption, its parameter at severities 1-5.
 PARAMS: dict[str, tuple] = {
@@ -166,17 +170,6 @@ def corruption_key(seed: int, name: str, severity: int, batch_index: int) -> jax
 # ----------------------------------------------------------------------------- the mode
 
 
-@dataclasses.dataclass(frozen=True)
-class Options:
-  corruptions: tuple[str, ...] = CORRUPTIONS
-  severities: tuple[int, ...] = SEVERITIES
-  reference: str = ''        # a trained run's workdir: CE and mCE relative to it
-  examples: int = 0          # test examples (0 = the whole test split), picked per class
-  batch: int = 500
-  seed: int = 0
-  step: int | None = None
-
-
 def accuracies(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarray,
                o: Options) -> tuple[float, dict[str, dict[int, float]]]:
   """Clean accuracy and {corruption: {severity: accuracy}} of `predict` (x in [0, 1])."""
@@ -210,17 +203,14 @@ def corruption_errors(acc: dict, clean: float, ref_acc: dict, ref_clean: float) 
 
 
 def _predictor(run, batch: int):
-  from analysis import attack, explain
   device = jax.local_devices()[0]
   variables = jax.device_put(run.variables, device)
-  f = jax.jit(lambda v, xa: jnp.argmax(runs.Net(run.model, run.preprocess).logits01(v)(xa), -1))
+  f = jax.jit(lambda v, xa: jnp.argmax(run.net.logits01(v)(xa), -1))
   return lambda xa: np.asarray(f(variables, jnp.asarray(xa)))
 
 
 def run_shift(workdir: str, o: Options) -> dict:
   """`--mode=shift` on the run in `workdir` (and its reference), into `W/shift/`."""
-  from absl import logging
-  from store import checkpoints, runs
   check(o.corruptions, o.severities)
   if o.batch < 1 or o.examples < 0:
     raise UserError(f'--shift_batch must be positive and --shift_examples >= 0, got {o.batch} '
@@ -229,6 +219,7 @@ def run_shift(workdir: str, o: Options) -> dict:
     raise UserError(f'--shift_reference {o.reference} is not a trained run (no config.json); '
                     'pass the workdir of a --mode=train run')
   run = runs.load_run(workdir, o.step)
+  tasks.check_mode(run.config, 'shift')
   ref_run = runs.load_run(o.reference) if o.reference else None
   if ref_run is not None and (tuple(ref_run.info.shape) != tuple(run.info.shape) or
                               ref_run.info.num_classes != run.info.num_classes):

@@ -12,7 +12,6 @@ returns adversarial images inside the eps-ball and inside [0, 1].
 
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp

@@ -39,9 +39,9 @@ def main() -> None:
   import jax
   import jax.numpy as jnp
   import attacks
-  from analysis import common, explain
+  from analysis import common
   from explain_compare import export
-  from store import checkpoints, runs
+  from store import runs
   run = runs.load_run(args.workdir)
   images, labels, _ = common.test_examples(run, args.images, seed=0)
   images = images.astype(np.float32)

@@ -32,7 +32,7 @@ def main() -> None:
   import jax.numpy as jnp
   from compress import prune, share
   from train.objectives import distill
-  from store import checkpoints, runs
+  from store import runs
   run = runs.load_run(args.workdir)
   params = run.variables['params']
   layers = prune.kernels(params)

@@ -70,7 +70,7 @@ def main() -> None:
   import jax
   import jax.numpy as jnp
   from analysis import common, explain
-  from store import checkpoints, runs
+  from store import runs
   run = runs.load_run(args.workdir)
   if not getattr(run.model, 'layout', None):
     sys.exit('error: explain_compare needs a SimpleNet-family run (the PyTorch copy is SimpleNet)')

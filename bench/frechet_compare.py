@@ -32,7 +32,7 @@ def main() -> None:
   args = p.parse_args()
 
   from gan import frechet
-  from store import checkpoints, runs
+  from store import runs
   run = runs.load_run(args.classifier)
   test = run.test_split()
   order = np.random.default_rng(0).permutation(len(test))

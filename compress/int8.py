@@ -6,7 +6,11 @@ built with plain lax convolutions (the oneDNN custom call is not something it ca
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import subprocess
+import sys
 import time
 
 import jax
@@ -14,7 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import qwix
 
+import models
+from data import datasets
 from models import quantized as quant
+from store import runs
 
 
 def ptq(model, variables: dict, calibration: jax.Array, batch_size: int = 250):
@@ -79,10 +86,6 @@ def speeds_default_flags(workdir: str, step: int, calibration: int, batch: int) 
   """`speeds` in a fresh process with XLA's default CPU flags: the YNNPACK fusions main.py
   turns on for training (kernels/runtime.py) make XLA's int8 dots and convolutions 10-20x
   slower, so int8 inference is timed both ways. None if the child fails."""
-  import json
-  import re
-  import subprocess
-  import sys
   env = dict(os.environ)
   env['XLA_FLAGS'] = re.sub(r'--xla_cpu_experimental_ynn_fusion_type=\S*', '',
                             env.get('XLA_FLAGS', '')).strip()
@@ -95,10 +98,6 @@ def speeds_default_flags(workdir: str, step: int, calibration: int, batch: int) 
 
 
 def _child(workdir: str, step: int, calibration: int, batch: int) -> None:
-  import json
-  import models
-  from data import datasets
-  from store import checkpoints, runs
   run = runs.load_run(workdir, step)
   plain = models.create(run.config.model, run.info.num_classes, run.config.dtype)
   train = datasets.load_split(run.config.dataset, 'train')
@@ -109,5 +108,4 @@ def _child(workdir: str, step: int, calibration: int, batch: int) -> None:
 
 
 if __name__ == '__main__':
-  import sys
   _child(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import time
+from typing import Any, Callable
 
 import jax.numpy as jnp
 import numpy as np
@@ -24,36 +25,17 @@ from absl import logging
 import models
 import util
 from analysis import common
-from compress import codec, int8, prune, share
+from compress import codec, int8, options, prune, share
 from data import datasets
 from errors import UserError
 from models import summary
 from store import checkpoints, runs
 from train import distributed, loop, steps, tasks
 
-STAGES = ('prune', 'share', 'huffman', 'int8')
+STAGES = options.STAGES
 STAGE_COLUMNS = ('stage', 'params_kept', 'bits_per_weight', 'bytes', 'compression_ratio',
                  'test_accuracy')
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-  # Defaults are the paper's where it gives one: pruning keeps about a third of conv weights and
-  # 8% of fully connected ones (AlexNet conv, LeNet fc), 8-bit conv / 5-bit fc shared weights and
-  # relative indices (Han et al. 2016, sections 2-3).
-  stages: tuple[str, ...] = STAGES
-  sparsity: str = 'conv=0.65,dense=0.92'
-  scope: str = 'layer'
-  iterations: int = 3
-  retrain_epochs: float = 1.0      # per pruning iteration (0 = prune without retraining)
-  lr_scale: float = 0.1            # retraining peak learning rate / the run's
-  bits: str = 'conv=8,dense=5'
-  index_bits: str = 'conv=8,dense=5'
-  finetune_epochs: float = 1.0     # centroid fine-tuning (0 = k-means only)
-  finetune_lr_scale: float = 0.001  # of the run's learning rate, for the summed centroid gradients
-  calibration: int = 1000          # int8: training images for the activation scales
-  step: int | None = None
-  out: str = 'compress'            # the output folder inside the workdir
+Options = options.Compress  # the mode's options and their defaults (compress/options.py)
 
 
 def check_options(o: Options, params) -> dict:
@@ -133,8 +115,129 @@ def _prefixed(d: dict, prefix: str = 'params/') -> dict:
   return {prefix + k: v for k, v in d.items()}
 
 
-def run_compress(workdir: str, o: Options) -> dict:
+@dataclasses.dataclass
+class Context:
+  """What the stages of `--mode=compress` share: the run, its test accuracy as a function of
+  weights, the per-layer settings, the `stages` rows, and the weights and masks each weight
+  stage hands to the next (prune -> share -> huffman)."""
+  workdir: str
+  run: runs.Run
+  o: Options
+  per_layer: dict
+  out: str                # W/compress (or --compress_out)
+  test: Any
+  accuracy: Callable      # variables -> test accuracy
+  total_params: int
+  n_train: int
+  layers: dict            # prunable kernels: name -> kind
+  rows: list
+  row: Callable           # appends one `stages` row
+  base: dict              # the run's fp32 variables
+  current: dict           # the weights after the last weight stage
+  masks: dict             # kept weights of every prunable kernel
+  shared: dict | None = None   # arrays and codec arguments of the shared-weight stage
+  int8_info: dict | None = None
+
+
+def _fp32(ctx: Context) -> None:
+  """The reference: every weight as float32 in the codec's container."""
+  t0 = time.time()
+  path = os.path.join(ctx.out, 'fp32.cnnz')
+  ctx.row('fp32', ctx.base, path, codec.write(path, _arrays(ctx.base)), ctx.accuracy(ctx.base),
+          t0)
+
+
+def _prune(ctx: Context) -> None:
+  """Iterative magnitude pruning (Han et al. 2015), retraining between iterations."""
+  o, run, per_layer = ctx.o, ctx.run, ctx.per_layer
+  t0, train_s = time.time(), 0.0
+  current, masks = ctx.current, ctx.masks
+  for i in range(1, o.iterations + 1):
+    target = prune.iteration_sparsity(per_layer['sparsity'], i, o.iterations)
+    masks = prune.magnitude_masks(current['params'], target, o.scope, previous=masks)
+    start = {'params': prune.apply_masks(current['params'], masks),
+             'batch_stats': current['batch_stats']}
+    if o.retrain_epochs > 0:
+      cfg = stage_config(run.config, o.retrain_epochs, o.lr_scale, ctx.n_train)
+      current, secs = _retrain(cfg, os.path.join(ctx.out, f'prune_{i}'), start,
+                               lambda tx, m=masks: prune.masked(tx, m))
+      train_s += secs
+    else:
+      current = start
+  ctx.current, ctx.masks = current, masks
+  path = os.path.join(ctx.out, 'pruned.cnnz')
+  nbytes = codec.write(path, _arrays(current), 'sparse', masks=_prefixed(masks),
+                       index_bits=_prefixed(per_layer['index_bits']))
+  ctx.row('pruned', current, path, nbytes, ctx.accuracy(current), t0,
+          iterations=o.iterations, scope=o.scope, train_time_s=round(train_s, 1))
+
+
+def _share(ctx: Context) -> None:
+  """Weight sharing by k-means per layer, then fine-tuning the centroids (Deep Compression)."""
+  o, run, per_layer, layers, masks = ctx.o, ctx.run, ctx.per_layer, ctx.layers, ctx.masks
+  t0, train_s = time.time(), 0.0
+  shared_params, centroids, assignments = share.cluster(ctx.current['params'], masks,
+                                                        per_layer['bits'])
+  start = {'params': shared_params, 'batch_stats': ctx.current['batch_stats']}
+  if o.finetune_epochs > 0:
+    cfg = stage_config(run.config, o.finetune_epochs, o.finetune_lr_scale, ctx.n_train)
+    current, train_s = _retrain(cfg, os.path.join(ctx.out, 'share'), start,
+                                lambda tx: share.shared(tx, assignments))
+  else:
+    current = start
+  ctx.current = current
+  centroids = share.extract(current['params'], assignments)
+  distinct = share.distinct_values(current['params'], layers)
+  for n in layers:
+    if distinct[n] > 2 ** per_layer['bits'][n]:
+      raise RuntimeError(f'{n}: {distinct[n]} distinct values after fine-tuning')
+  arrays = _arrays(current)
+  kw = dict(masks=_prefixed(masks), index_bits=_prefixed(per_layer['index_bits']),
+            centroids=_prefixed(centroids), assignments=_prefixed(assignments))
+  ctx.shared = {'arrays': arrays, 'kw': kw}
+  path = os.path.join(ctx.out, 'quantized.cnnz')
+  nbytes = codec.write(path, arrays, 'shared', **kw)
+  ctx.row('quantized', current, path, nbytes, ctx.accuracy(current), t0,
+          train_time_s=round(train_s, 1))
+
+
+def _huffman(ctx: Context) -> None:
+  """Huffman coding of the shared-weight model (needs the share stage), decoded back and
+  checked to give the same logits."""
+  if ctx.shared is None:
+    return
+  run = ctx.run
+  t0 = time.time()
+  path = os.path.join(ctx.out, 'model.cnnz')
+  nbytes = codec.write(path, ctx.shared['arrays'], 'huffman', meta={
+      'workdir': os.path.abspath(ctx.workdir), 'step': run.step,
+      'model': run.config.model.to_dict()}, **ctx.shared['kw'])
+  decoded, _ = codec.read(path)
+  dv = _variables(decoded)
+  logits = int8.apply_fn(run.model, run.preprocess)
+  probe = jnp.asarray(ctx.test.images[:256])
+  exact = bool(np.array_equal(logits(dv, probe), logits(ctx.current, probe)))
+  ctx.row('huffman', dv, path, nbytes, ctx.accuracy(dv), t0, decoded_logits_equal=exact)
+
+
+def _int8_stage(ctx: Context) -> None:
+  """int8 post-training quantization of the fp32 run (qwix), with its inference speed."""
+  t0 = time.time()
+  ctx.int8_info, int8_bytes = _int8(ctx.run, ctx.base, ctx.out, ctx.o.calibration, ctx.test)
+  ctx.row('int8', ctx.base, os.path.join(ctx.out, 'int8.npz'), int8_bytes,
+          ctx.int8_info['int8_accuracy'], t0, kept=ctx.total_params,
+          source='fp32')  # every parameter is stored, as int8 or float32
+
+
+# The weight stages in order (each starts from the previous one's weights); int8 starts from
+# the fp32 run. `--compress_stages` picks among them.
+STAGE_FUNCTIONS = (('prune', _prune), ('share', _share), ('huffman', _huffman))
+
+
+def context(workdir: str, o: Options) -> Context:
+  """The shared context of the stages: the run loaded and checked, its evaluation compiled."""
   run = runs.load_run(workdir, o.step)
+  tasks.check_mode(run.config, 'compress')
   per_layer = check_options(o, run.variables['params'])
   out = common.output_dir(workdir, o.out)
   _check_same_options(out, o)
@@ -169,83 +272,30 @@ def run_compress(workdir: str, o: Options) -> dict:
                  f'{nbytes:,}', r['compression_ratio'], f'{kept:,}', 100 * acc)
     return r
 
-  t0 = time.time()
   base = {'params': run.variables['params'], 'batch_stats': run.variables['batch_stats']}
-  fp32_path = os.path.join(out, 'fp32.cnnz')
-  row('fp32', base, fp32_path, codec.write(fp32_path, _arrays(base)), accuracy(base), t0)
+  masks = {n: np.ones(np.shape(v), bool) for n, v in prune.flatten(base['params']).items()
+           if n in layers}
+  return Context(workdir=workdir, run=run, o=o, per_layer=per_layer, out=out, test=test,
+                 accuracy=accuracy, total_params=total_params, n_train=n_train, layers=layers,
+                 rows=rows, row=row, base=base, current=base, masks=masks)
 
-  current, masks = base, {n: np.ones(np.shape(v), bool) for n, v in
-                          prune.flatten(base['params']).items() if n in layers}
-  if 'prune' in o.stages:
-    t0, train_s = time.time(), 0.0
-    for i in range(1, o.iterations + 1):
-      target = prune.iteration_sparsity(per_layer['sparsity'], i, o.iterations)
-      masks = prune.magnitude_masks(current['params'], target, o.scope, previous=masks)
-      start = {'params': prune.apply_masks(current['params'], masks),
-               'batch_stats': current['batch_stats']}
-      if o.retrain_epochs > 0:
-        cfg = stage_config(run.config, o.retrain_epochs, o.lr_scale, n_train)
-        current, secs = _retrain(cfg, os.path.join(out, f'prune_{i}'), start,
-                                 lambda tx, m=masks: prune.masked(tx, m))
-        train_s += secs
-      else:
-        current = start
-    path = os.path.join(out, 'pruned.cnnz')
-    nbytes = codec.write(path, _arrays(current), 'sparse', masks=_prefixed(masks),
-                         index_bits=_prefixed(per_layer['index_bits']))
-    row('pruned', current, path, nbytes, accuracy(current), t0,
-        iterations=o.iterations, scope=o.scope, train_time_s=round(train_s, 1))
 
-  if 'share' in o.stages:
-    t0, train_s = time.time(), 0.0
-    shared_params, centroids, assignments = share.cluster(current['params'], masks,
-                                                          per_layer['bits'])
-    start = {'params': shared_params, 'batch_stats': current['batch_stats']}
-    if o.finetune_epochs > 0:
-      cfg = stage_config(run.config, o.finetune_epochs, o.finetune_lr_scale, n_train)
-      current, train_s = _retrain(cfg, os.path.join(out, 'share'), start,
-                                  lambda tx: share.shared(tx, assignments))
-    else:
-      current = start
-    centroids = share.extract(current['params'], assignments)
-    distinct = share.distinct_values(current['params'], layers)
-    for n in layers:
-      if distinct[n] > 2 ** per_layer['bits'][n]:
-        raise RuntimeError(f'{n}: {distinct[n]} distinct values after fine-tuning')
-    arrays = _arrays(current)
-    kw = dict(masks=_prefixed(masks), index_bits=_prefixed(per_layer['index_bits']),
-              centroids=_prefixed(centroids), assignments=_prefixed(assignments))
-    path = os.path.join(out, 'quantized.cnnz')
-    nbytes = codec.write(path, arrays, 'shared', **kw)
-    row('quantized', current, path, nbytes, accuracy(current), t0,
-        train_time_s=round(train_s, 1))
-
-    if 'huffman' in o.stages:
-      t0 = time.time()
-      path = os.path.join(out, 'model.cnnz')
-      nbytes = codec.write(path, arrays, 'huffman', meta={
-          'workdir': os.path.abspath(workdir), 'step': run.step,
-          'model': run.config.model.to_dict()}, **kw)
-      decoded, _ = codec.read(path)
-      dv = _variables(decoded)
-      logits = int8.apply_fn(run.model, run.preprocess)
-      probe = jnp.asarray(test.images[:256])
-      exact = bool(np.array_equal(logits(dv, probe), logits(current, probe)))
-      row('huffman', dv, path, nbytes, accuracy(dv), t0, decoded_logits_equal=exact)
-  layer_rows = _layer_rows(current, masks, per_layer, layers)
-
-  int8_info = None
+def run_compress(workdir: str, o: Options) -> dict:
+  """`--mode=compress`: fp32, then the weight stages of `o.stages` in order, then int8."""
+  ctx = context(workdir, o)
+  _fp32(ctx)
+  for name, stage in STAGE_FUNCTIONS:
+    if name in o.stages:
+      stage(ctx)
+  layer_rows = _layer_rows(ctx.current, ctx.masks, ctx.per_layer, ctx.layers)
   if 'int8' in o.stages:
-    t0 = time.time()
-    int8_info, int8_bytes = _int8(run, base, out, o.calibration, test)
-    row('int8', base, os.path.join(out, 'int8.npz'), int8_bytes, int8_info['int8_accuracy'], t0,
-        kept=total_params, source='fp32')  # every parameter is stored, as int8 or float32
-
+    _int8_stage(ctx)
+  run, rows, out, int8_info = ctx.run, ctx.rows, ctx.out, ctx.int8_info
   results = {'workdir': os.path.abspath(workdir), 'step': run.step,
-             'model': run.config.model.name, 'num_params': total_params,
+             'model': run.config.model.name, 'num_params': ctx.total_params,
              'stages': rows, 'layers': layer_rows, 'int8': int8_info,
              'options': dataclasses.asdict(o),
-             'per_layer_settings': per_layer}
+             'per_layer_settings': ctx.per_layer}
   common.write_outputs(out, results, rows, title=f'Compression of {workdir} '
                        f'({run.config.model.name}, step {run.step})', columns=STAGE_COLUMNS)
   with open(os.path.join(out, 'results.md'), 'a') as f:

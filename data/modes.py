@@ -48,7 +48,7 @@ def augment(config, workdir: str) -> None:
   from PIL import Image
 
   import util
-  from data import augment as augment_lib, datasets, streaming
+  from data import augment as augment_lib, datasets
   from errors import UserError
   if FLAGS.augment_examples < 1 or FLAGS.augment_draws < 1:
     raise UserError('--augment_examples and --augment_draws must be positive')

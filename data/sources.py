@@ -1,14 +1,15 @@
 """Data sources: where the train and eval steps get their batches.
 
-The steps see a source through two calls, so a new source (a host-side streaming pipeline)
-plugs in without touching the step's logic:
+The steps see a source through two calls, so a source plugs in without touching the step's
+logic:
 
   inputs = source.step_inputs(i)   host side, before step i: whatever the step receives
   batch = source.batch(inputs, i)  inside the jitted step: the batch of step i
 
 The in-memory sources below keep a whole split on every device as uint8 and gather each batch
-inside the step (no host work between steps: what makes CPU runs fast). A streaming source
-would return the host-prepared global batch from `step_inputs` and pass it through in `batch`.
+inside the step (no host work between steps: what makes CPU runs fast). The streaming sources
+(data/streaming.py) return the host-prepared global batch from `step_inputs` and pass it
+through in `batch`.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from data import augment, datasets, images
+from data import augment, datasets
 from errors import UserError
 
 

@@ -58,7 +58,7 @@ def load_results(workdir) -> dict:
 def load_state(workdir, step=None) -> dict:
   """The saved train state of the latest (or given) checkpoint as numpy arrays."""
   import jax
-  from store import checkpoints, runs
+  from store import checkpoints
   return jax.tree_util.tree_map(np.asarray, checkpoints.load_checkpoint(workdir, step))
 
 
@@ -137,12 +137,11 @@ def workdir(tmp_path):
 @pytest.fixture(scope='session')
 def small_trained_net(tmp_path_factory):
   """A small SimpleNet trained on learnable synthetic 16x16x1 data, loaded for analysis with
-  XLA's convolutions: (workdir, explain.Net, variables, 16 test images, their labels)."""
+  XLA's convolutions: (workdir, store.runs.Net, variables, 16 test images, their labels)."""
   import jax.numpy as jnp
   import models
-  from analysis import explain
   from kernels import convolutions
-  from store import checkpoints, runs
+  from store import runs
   workdir = str(tmp_path_factory.mktemp('analysis') / 'run')
   run_main([f'--workdir={workdir}', *overrides(
       num_train_steps=160, log_every_steps=40, **{'dataset.image_shape': '16,16,1',

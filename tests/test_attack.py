@@ -178,8 +178,7 @@ def test_adversarial_training_raises_robust_accuracy(standard_and_robust):
 
 def test_fooling_images_reach_99_percent_confidence(standard_and_robust):
   # Without label smoothing (which bounds a net's confidence: docs/attack.md).
-  from analysis import explain
-  from store import checkpoints, runs
+  from store import runs
   run = runs.load_run(standard_and_robust['none'])
   f = runs.Net(run.model, run.preprocess).logits01(run.variables)
   classes = jnp.tile(jnp.arange(10), 2)

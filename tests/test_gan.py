@@ -57,7 +57,7 @@ def test_samples_have_the_datas_shape_and_range_class_by_class():
 
 def test_frechet_distance_is_exact_on_gaussians_and_separates_real_from_noise(small_trained_net):
   from gan import frechet
-  from store import checkpoints, runs
+  from store import runs
   mu1, mu2 = np.array([0.0, 1.0]), np.array([2.0, 1.0])
   a, b = np.diag([1.0, 4.0]), np.diag([9.0, 1.0])
   want = 4.0 + (1 + 9 - 2 * 3) + (4 + 1 - 2 * 2)

@@ -59,7 +59,7 @@ def test_membership_auc_is_high_on_an_overfit_model_and_chance_on_held_out_halve
   assert m['loss_threshold']['auc'] > 0.7, m
   assert m['calibrated']['auc'] > 0.6 and m['calibrated']['references'] == 1, m
   # Two halves of the test split are both non-members: the attack cannot tell them apart.
-  from store import checkpoints, runs
+  from store import runs
   run = runs.load_run(target)
   test = run.test_split()
   scores = privacy.loss_score(run.logits(test.images), test.labels)

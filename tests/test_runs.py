@@ -45,7 +45,7 @@ def test_eval_mode_reproduces_the_final_accuracy_exactly(trained):
 
 def test_load_run_gives_model_variables_preprocess_and_test_split(trained):
   from data import augment, datasets
-  from store import checkpoints, runs
+  from store import runs
   run = runs.load_run(trained)
   results = load_results(trained)
   assert run.step == 24 and run.uses_ema and run.info.num_classes == 10

@@ -2,6 +2,7 @@
 learning-rate multipliers, forgetting, progressive networks, and the one-line errors. On real
 Fashion-MNIST split into two tasks, classes 0-4 (source) and 5-9 (target)."""
 
+import json
 import os
 
 import jax
@@ -90,7 +91,7 @@ def test_bad_subsets_and_sources_fail_with_one_line(source, tmp_path):
 def test_init_from_loads_matching_layers_bit_for_bit_and_a_fresh_head(source):
   from configs import default
   from data import datasets
-  from store import checkpoints, runs
+  from store import runs
   from train import transfer
   import models
   src = runs.load_run(source)
@@ -204,6 +205,22 @@ def test_progressive_network_cannot_forget(source, tmp_path):
   assert r['test_accuracy'] > 0.25  # chance 0.2: column B learns (0.32-0.4+ across CPUs)
   proc = run_main(['--mode=eval', f'--workdir={w}'])
   assert f'{100 * r["test_accuracy"]:.2f}%' in proc.stdout
+  # Probes rebuild the run's model through the one builder: explain's XLA copy (for second
+  # derivatives) is the two-column network too, not column B alone (issue 38).
+  import jax
+  from kernels import convolutions
+  from store import runs
+  run = runs.load_run(w)
+  copy = runs.build(run.config, run.info.num_classes, run.config.dtype,
+                    convolutions=convolutions.XLA)
+  x = jax.numpy.asarray(run.test_split().images[:4], jax.numpy.float32)
+  np.testing.assert_allclose(np.asarray(runs.Net(copy, run.preprocess).logits(run.variables, x)),
+                             np.asarray(run.net.logits(run.variables, x)), rtol=1e-4, atol=1e-4)
+  run_main(['--mode=explain', f'--workdir={w}', '--explain_parts=maps',
+            '--explain_methods=gradient', '--explain_images=2'])
+  with open(os.path.join(w, 'explain', 'metrics.json')) as f:
+    row = json.load(f)['methods'][0]
+  assert row['method'] == 'gradient' and row['fragility_topk'] is not None  # the XLA copy ran
 
 
 def test_study_table_aggregates_seeds_and_forgetting(tmp_path):

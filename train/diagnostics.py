@@ -32,6 +32,7 @@ import numpy as np
 import optax
 
 from errors import UserError
+from train import distributed
 
 STATS = ('dead_fraction', 'activation_mean', 'activation_std', 'grad_norm', 'update_ratio')
 HISTOGRAM_SAMPLES = 4096  # output values per layer sent to TensorBoard's histogram
@@ -70,7 +71,6 @@ def make_diagnostics_step(core, model, layers: list[str], mesh,
                           compiler_options: dict | None = None):
   """The jitted `(state, inputs, key_data, *extra) -> {stat: {layer: value}, 'histograms':
   {layer: sample}}` of the train step whose body is `core`."""
-  from train import distributed
   rep = distributed.replicated(mesh)
   head = layers[-1]
 

@@ -47,10 +47,6 @@ def replicated(m: Mesh) -> NamedSharding:
   return NamedSharding(m, P())
 
 
-def batch_sharded(m: Mesh) -> NamedSharding:
-  return NamedSharding(m, P('data'))
-
-
 def put_replicated(array, sharding: NamedSharding) -> jax.Array:
   """Host array (identical in every process) -> global array with a full copy per device."""
   return jax.make_array_from_callback(array.shape, sharding, lambda idx: array[idx])
