@@ -13,8 +13,8 @@ branches on features:
 weights, the step's key and the step arguments. Adversarial training wraps another objective
 (adversarial.py), so PGD or TRADES compose with cross-entropy, distillation or a new loss.
 
-A new objective is one file here and one entry in OBJECTIVES; `--config.objective=NAME` picks
-it. Distillation (`distill.teacher`) replaces the base loss, as in Hinton et al.; `int8_qat` is
+A new objective is one file here (a subclass of base.Objective: `__init__` and `loss`, the
+rest when it needs them) and one entry in OBJECTIVES; `--config.objective=NAME` picks it. Distillation (`distill.teacher`) replaces the base loss, as in Hinton et al.; `int8_qat` is
 not an objective but a model (store.runs.build fake-quantizes it), so the step sees neither.
 """
 

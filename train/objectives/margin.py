@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from train.objectives import base
+
 M_PLUS, M_MINUS, LAMBDA = 0.9, 0.1, 0.5
 
 
@@ -25,28 +27,12 @@ def margin_loss(outputs: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.sum(present + absent, axis=-1)
 
 
-class Margin:
+class Margin(base.Objective):
   """The margin loss as a training objective; the step's metrics see the class lengths."""
 
   def __init__(self, config, num_classes: int):
     del config, num_classes
 
-  @staticmethod
-  def check(config) -> None:
-    return None
-
-  def step_args(self, mesh) -> tuple:
-    return ()
-
-  def prepare(self, view, x, y):
-    return None
-
   def loss(self, forward, params, batch_stats, x, y, aux):
     outputs, batch_stats = forward(params, batch_stats, x)
     return margin_loss(outputs, y).mean(), (lengths(outputs), batch_stats)
-
-  def model_input(self, x, aux):
-    return x
-
-  def record(self) -> dict:
-    return {}
