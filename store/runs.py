@@ -54,13 +54,16 @@ def check_run(workdir: str, role: str, shape=None, num_classes: int | None = Non
     raise UserError(f'{role} {workdir or "(empty)"} is not a trained run (no config.json); pass '
                     'the workdir of a --mode=train run')
   info = datasets.info(checkpoints.load_config(workdir).dataset)
-  same_shape = shape is None or tuple(info.shape) == tuple(shape)
-  if not same_shape or (num_classes is not None and info.num_classes != num_classes):
-    mine = 'x'.join(map(str, shape if shape is not None else info.shape))
-    theirs = f'{"x".join(map(str, info.shape))}, {info.num_classes} classes'
-    raise UserError(f'{role} {workdir} was trained on {info.name} ({theirs}) but {what}\'s data '
-                    f'is {mine}' + (f' with {num_classes} classes' if num_classes else '') +
-                    '; use a run trained on the same data')
+  theirs, mine = 'x'.join(map(str, info.shape)), 'x'.join(map(str, shape or ()))
+  if num_classes is None and shape is not None and tuple(info.shape) != tuple(shape):
+    raise UserError(f'{role} {workdir} was trained on {theirs} inputs but {what}\'s are {mine}; '
+                    'use a run with the same input shape (or set dataset.image_shape to match)')
+  if num_classes is not None and (tuple(info.shape) != tuple(shape) or
+                                  info.num_classes != num_classes):
+    raise UserError(f'{role} {workdir} was trained on {theirs} images of {info.num_classes} '
+                    f'classes ({info.name}: {theirs}, {info.num_classes} classes) but {what}\'s '
+                    f'data is {mine} with {num_classes} classes; use a run trained on the same '
+                    'data')
   return info
 
 

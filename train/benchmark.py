@@ -96,7 +96,8 @@ def run(config, workdir: str, steps: int = 30, warmup: int = 3) -> dict:
     # convolutions (compiled, not just lowered: the optimized HLO is what the count is of).
     xla_model = models.create(config.model, info.num_classes, steps_lib.DTYPES[config.dtype],
                               convolutions=convolutions.XLA)
-    xla_step = steps_lib.make_train_step(xla_model, exp.tx, config, source, preprocess, exp.mesh)
+    xla_step = steps_lib.make_train_step(xla_model, exp.tx, config, source, preprocess, exp.mesh,
+                                         exp.task, exp.objective)
     flops = summary.flops(xla_step.lower(state, metrics, source.step_inputs(0), key).compile())
 
   step = 0
