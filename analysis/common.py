@@ -85,7 +85,7 @@ def save_figure(fig, path: str, dpi: int = 100) -> str:
 
 def pyplot():
   """matplotlib's pyplot on the file-only Agg backend (no display on clusters)."""
-  import matplotlib
+  import matplotlib  # heavy (~1 s): loaded only when a figure is drawn
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt
   return plt

@@ -22,14 +22,17 @@ import contextlib
 import dataclasses
 import functools
 import time
+import warnings
 from typing import Any, Callable
 
+import dm_pix
 import flax.linen as nn
 import jax
-from absl import logging
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
+from scipy import stats
 
 import util
 from analysis import common, options
@@ -193,7 +196,6 @@ def baseline(kind: str, x: jax.Array, mean: tuple[float, ...], key=None) -> jax.
 
 def blur(x: jax.Array, sigma: float) -> jax.Array:
   """Gaussian blur of a batch of 2-D images (dm-pix works on [0, 1] floats)."""
-  import dm_pix
   size = int(2 * round(3 * sigma) + 1)
   return jax.vmap(lambda im: dm_pix.gaussian_blur(im / PIXEL_MAX, sigma, size))(x) * PIXEL_MAX
 
@@ -376,7 +378,6 @@ def invert(net, variables, x, layer: str, steps: int = 300, lr: float = 0.05,
 
 def psnr_ssim(a: jax.Array, b: jax.Array) -> tuple[np.ndarray, np.ndarray]:
   """Per-image PSNR (dB) and SSIM of pixel-range images, through dm-pix on [0, 1]."""
-  import dm_pix
   a, b = a / PIXEL_MAX, b / PIXEL_MAX
   size = min(11, *a.shape[1:3])
   psnr = jax.vmap(lambda p, q: dm_pix.psnr(p, q))(a, b)
@@ -413,8 +414,6 @@ def deletion_insertion(net, variables, x, classes, maps, steps: int = 20,
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
   """Mean over images of the rank correlation of two maps (N x ...)."""
-  import warnings
-  from scipy import stats
   with warnings.catch_warnings():  # a constant map (all-zero gradient) has no ranks: NaN
     warnings.simplefilter('ignore')
     out = [stats.spearmanr(p.ravel(), q.ravel()).statistic for p, q in zip(a, b)]

@@ -127,7 +127,7 @@ def _one(name: str, p: float, key: jax.Array, x: jax.Array) -> jax.Array:
 
 def _jpeg(x: np.ndarray, quality: int) -> np.ndarray:
   """JPEG round trip of each image (TensorFlow's codec), uint8 quantization included."""
-  import tensorflow as tf
+  import tensorflow as tf  # heavy: only when TFDS data is read or JPEG-coded
   u8 = np.round(np.clip(np.asarray(x), 0, 1) * 255).astype(np.uint8)
   out = np.stack([tf.io.decode_jpeg(tf.io.encode_jpeg(im, quality=int(quality)),
                                     channels=u8.shape[-1]).numpy() for im in u8])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from errors import UserError
 
@@ -440,7 +441,6 @@ def train_patch(logits_fn, images: jax.Array, target: int, side: int, steps: int
   """Brown et al.'s adversarial patch: one side x side patch (in [0, 1], a sigmoid of its free
   parameters) trained with Adam to maximize the log probability of `target` over random
   training images and random placements (expectation over transformations, here location)."""
-  import optax
   key = jax.random.key(0) if key is None else key
   channels = images.shape[-1]
   tx = optax.adam(lr)

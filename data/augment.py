@@ -14,6 +14,7 @@ import functools
 import math
 from typing import Callable
 
+import dm_pix as pix
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -129,7 +130,6 @@ def random_resized_crop(key: jax.Array, x: jax.Array, scale, ratio) -> jax.Array
 def affine(img: jax.Array, theta: jax.Array, zoom: jax.Array) -> jax.Array:
   """One (H, W, C) image rotated by `theta` radians (clockwise as displayed, rows down) and zoomed by
   `zoom` about its centre: dm-pix's affine_transform, bilinear, edges repeated."""
-  import dm_pix as pix
   height, width = img.shape[:2]
   centre = jnp.array([(height - 1) / 2, (width - 1) / 2, 0.0])
   # Output coordinate -> input coordinate: the inverse rotation, divided by the zoom.
@@ -151,7 +151,6 @@ def color_jitter(key: jax.Array, x: jax.Array, brightness: float, contrast: floa
                  saturation: float) -> jax.Array:
   """dm-pix's random brightness (offset up to +-brightness of the full range), contrast and
   saturation (factors in 1 +- value), each drawn per example, on [0, 1] pixels."""
-  import dm_pix as pix
   keys = jax.random.split(key, (3, x.shape[0]))
   y = _pixels(x) / 255.0
   if brightness:

@@ -121,7 +121,7 @@ def _tfds_info(ds_cfg) -> DatasetInfo:
   if not _tfds_prepared(ds_cfg):
     raise UserError(f'unknown dataset {name!r}: not one of {known}, not folder, and no TFDS '
                     f'dataset of that name is prepared in {ds_cfg.data_dir or "~/tensorflow_datasets"}')
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # heavy (TensorFlow): only when TFDS data is read
   builder = tfds.builder(name, data_dir=ds_cfg.data_dir or None)
   keys = builder.info.supervised_keys or ('image', 'label')
   features = builder.info.features
@@ -144,7 +144,7 @@ def num_train(ds_cfg, d: DatasetInfo) -> int:
   """Training examples the run will see, without reading them (for the pipeline choice)."""
   n = d.num_train
   if not n and d.name != 'synthetic' and resolve_source(ds_cfg) == 'tfds':
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # heavy (TensorFlow): only when TFDS data is read
     try:
       n = int(tfds.builder(d.tfds_name or d.name, data_dir=ds_cfg.data_dir or None)
               .info.splits[d.train_split].num_examples)
@@ -262,8 +262,8 @@ def _load_idx(ds_cfg, d: DatasetInfo, split: str) -> Split:
 
 def _load_tfds(ds_cfg, d: DatasetInfo, split: str, n: int) -> Split:
   """The first `n` examples (0 = all) of a TFDS split whose images have the run's shape."""
-  import tensorflow as tf
-  import tensorflow_datasets as tfds
+  import tensorflow as tf  # heavy: only when TFDS data is read or JPEG-coded
+  import tensorflow_datasets as tfds  # heavy (TensorFlow): only when TFDS data is read
   tf.config.set_visible_devices([], 'GPU')  # keep TF off the accelerators JAX uses
   tfds_split = _tfds_split(d, split) + (f'[:{n}]' if n else '')
   ds = tfds.load(d.tfds_name or d.name, split=tfds_split, data_dir=ds_cfg.data_dir or None,
@@ -282,7 +282,7 @@ def _tfds_split(d: DatasetInfo, split: str) -> str:
 
 def supervised_keys(ds_cfg, d: DatasetInfo) -> tuple[str, str]:
   """The (image, label) feature names of a TFDS dataset."""
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # heavy (TensorFlow): only when TFDS data is read
   builder = tfds.builder(d.tfds_name or d.name, data_dir=ds_cfg.data_dir or None)
   return tuple(builder.info.supervised_keys or ('image', 'label'))[:2]
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import os
 import struct
 from typing import Any, Optional, Sequence
 
 import numpy as np
+from PIL import Image
 
 from data import augment
 from errors import UserError
@@ -34,7 +36,6 @@ def _channels(mode: str) -> int:
 
 def open_image(path: str):
   """The decoded PIL image at `path`; an unreadable file is a UserError naming it."""
-  from PIL import Image
   try:
     with Image.open(path) as img:
       img.load()
@@ -111,7 +112,6 @@ class _TFRecordSource:
 
   def __init__(self, paths: Sequence[str], features):
     self._paths, self._features = list(paths), features
-    import hashlib
     stats = [(p, os.path.getsize(p), os.path.getmtime(p)) for p in self._paths]
     key = hashlib.sha1(repr(stats).encode()).hexdigest()
     cached = os.path.join(self.CACHE, key + '.npy')
@@ -150,7 +150,7 @@ class _TFRecordSource:
 
 def tfds_reader(name: str, data_dir: str, split: str):
   """A random-access sequence of example dicts of a prepared TFDS split."""
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # heavy (TensorFlow): only when TFDS data is read
   builder = tfds.builder(name, data_dir=data_dir or None)
   fmt = str(getattr(builder.info, 'file_format', '') or '')
   try:
@@ -167,7 +167,6 @@ def tfds_reader(name: str, data_dir: str, split: str):
 
 def to_pil(image: Any, channels: int):
   """A decoded array or PIL image in the run's channel mode ('L' or 'RGB')."""
-  from PIL import Image
   if isinstance(image, np.ndarray):
     arr = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
     image = Image.fromarray(arr.astype(np.uint8))
@@ -184,7 +183,6 @@ def transform(image, shape: tuple[int, int, int], crop_fraction: float = 1.0,
   shape. Otherwise the whole image resized to the shape, or, with `crop_fraction` < 1, resized so
   the centre crop of that fraction fills the shape (ImageNet: 256 -> 224 at 0.875).
   `strict_size`: a path; the image must already have the shape (no size was configured)."""
-  from PIL import Image
   h, w, c = shape
   img = to_pil(image, c)
   if strict_size and (img.height, img.width) != (h, w):

@@ -23,6 +23,7 @@ import time
 import grain
 import jax
 import numpy as np
+from absl import flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from data import augment, datasets
@@ -85,7 +86,6 @@ def _iter_dataset(dataset: grain.MapDataset, local: int, ds_cfg) -> grain.IterDa
   num_workers-th batch, so the batches are the same either way)."""
   ahead = max(1, ds_cfg.prefetch_batches)
   if ds_cfg.num_workers > 0:
-    from absl import flags
     if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; a Python caller has none
       flags.FLAGS.mark_as_parsed()
     ds = dataset.batch(local, batch_fn=_stack).to_iter_dataset(

@@ -242,7 +242,7 @@ def train(config, workdir: str) -> dict:
   step_fn = gan.step_fn(jax.device_put(train_split.images, device),
                         jax.device_put(train_split.labels, device), config.batch_size)
   key = jax.random.fold_in(jax.random.key(config.seed), 1)
-  from clu import metric_writers
+  from clu import metric_writers  # imports TensorFlow; only the writing process needs it
   writer = metric_writers.SummaryWriter(os.path.join(workdir, 'tensorboard'))
   logging.info('DCGAN: generator %s, discriminator %s parameters; %d real images of %s, '
                'classifier %s (features of %s, %d-d); real-vs-real Fréchet distance %.3f, '

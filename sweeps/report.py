@@ -35,6 +35,7 @@ import re
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from scipy import stats
 
 from errors import UserError
 import util
@@ -129,7 +130,6 @@ def configuration_of(row: dict) -> str:
 
 def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
   """Student-t interval of the mean; None with fewer than two values."""
-  from scipy import stats
   v = np.asarray(values, float)
   if len(v) < 2:
     return None
@@ -140,7 +140,6 @@ def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, 
 def welch(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict[str, Any] | None:
   """mean(a) - mean(b), its Welch-Satterthwaite t interval and two-sided p; None when either
   side has fewer than two values. Equal constant samples give p = 1, distinct ones p = 0."""
-  from scipy import stats
   a, b = np.asarray(a, float), np.asarray(b, float)
   if len(a) < 2 or len(b) < 2:
     return None
@@ -435,7 +434,7 @@ def plots_for(rows: Sequence[dict]) -> list[str]:
 def write_plots(rows: Sequence[dict], workdir: str, title: str,
                 stats: Sequence[dict] | None = None) -> list[str]:
   """Writes plots_for(rows) and removes the other PLOTS left by an earlier report."""
-  import matplotlib
+  import matplotlib  # heavy (~1 s): loaded only when a figure is drawn
   matplotlib.use('Agg')  # files only; no display on compute nodes
   from matplotlib import pyplot as plt
 

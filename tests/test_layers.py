@@ -16,8 +16,6 @@ LAZY = {
     # libraries behind a mode load only when that mode runs.
     'analysis/modes.py', 'compress/modes.py', 'data/modes.py', 'gan/modes.py',
     'sweeps/modes.py', 'train/modes.py', 'main.py',
-    # grain (the streaming pipeline) loads only for a streaming run.
-    'train/tasks.py',
 }
 
 

@@ -144,7 +144,7 @@ def plot(history: dict, path: str) -> str | None:
   """W/diagnostics.png: each statistic against steps, one line per layer."""
   if not history or not history.get('steps'):
     return None
-  import matplotlib
+  import matplotlib  # heavy (~1 s): loaded only when a figure is drawn
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt
   steps = history['steps']

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import jax
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
@@ -54,7 +55,6 @@ def put_replicated(array, sharding: NamedSharding) -> jax.Array:
 
 def replicate_tree(tree, m: Mesh):
   """A pytree of host (or single-device) arrays -> global arrays copied to every device."""
-  import numpy as np
   rep = replicated(m)
   return jax.tree_util.tree_map(lambda a: put_replicated(np.asarray(a), rep), tree)
 

@@ -16,6 +16,7 @@ import os
 import time
 from typing import Any
 
+import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -175,7 +176,6 @@ def restore(exp: Experiment, mngr: ocp.CheckpointManager, meta: dict) -> dict:
   items = {'state': ocp.args.StandardRestore(exp.state), 'meta': ocp.args.JsonRestore()}
   iterator = exp.train_source.iterator
   if iterator is not None:  # the streaming pipeline's position, saved with the state
-    import grain
     items['data'] = grain.checkpoint.CheckpointRestore(iterator)
   restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(**items))
   exp.state = restored.state
@@ -237,8 +237,7 @@ class Session:
     items = {'state': ocp.args.StandardSave(self.exp.state), 'meta': ocp.args.JsonSave(self.meta)}
     iterator = self.exp.train_source.iterator
     if iterator is not None:
-      import grain
-      items['data'] = grain.checkpoint.CheckpointSave(iterator)
+        items['data'] = grain.checkpoint.CheckpointSave(iterator)
     self.mngr.save(step, args=ocp.args.Composite(**items), force=True)
 
   def log_train(self, step: int, values: dict[str, float], images: int, seconds: float) -> None:
@@ -357,7 +356,7 @@ def results_dict(session: Session) -> dict:
 
 def plot_curves(results: dict, path: str) -> None:
   """`curves.png`: test accuracy and train loss per epoch, from a results dict."""
-  import matplotlib
+  import matplotlib  # heavy (~1 s): loaded only when a figure is drawn
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt
   hist, log = results['history'], results['train_log']

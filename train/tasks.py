@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 from clu import metrics as clu_metrics
 
-from data import datasets, sources
+from data import datasets, sources, streaming
 from errors import UserError
 from train import distributed, evaluators, objectives, transfer
 from train.objectives import adversarial
@@ -84,7 +84,6 @@ class Classification:
     if isinstance(test, datasets.Split):
       source = sources.InMemoryEval(test, config.eval_batch_size, mesh)
     else:
-      from data import streaming  # grain: only a streaming run loads it
       source = streaming.StreamingEval(test, config.dataset, config.eval_batch_size, mesh)
     return source, cls.make_eval_step(model, source, preprocess, mesh, config.eval_flip_tta,
                                       convs.compiler_options())
