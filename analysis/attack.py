@@ -58,15 +58,8 @@ def check_options(o: Options, workdir: str) -> None:
     raise UserError(f'--attack_patch_size must be >= 0 and smaller than the image side '
                     f'{min(info.shape[:2])}, got {o.patch_size}')
   if o.target_workdir:
-    try:
-      other = datasets.info(checkpoints.load_config(o.target_workdir).dataset)
-    except UserError as e:
-      raise UserError(f'--target_workdir: {e}') from None
-    if tuple(other.shape) != tuple(info.shape) or other.num_classes != info.num_classes:
-      raise UserError(f'--target_workdir {o.target_workdir} takes {"x".join(map(str, other.shape))}'
-                      f' inputs with {other.num_classes} classes, the attacked run '
-                      f'{"x".join(map(str, info.shape))} with {info.num_classes}; transfer needs '
-                      'the same input shape and classes')
+    runs.check_run(o.target_workdir, '--target_workdir', info.shape, info.num_classes,
+                   what='the attacked run')
   if o.references:
     try:
       privacy.check_references(workdir, o.references)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import time
 from typing import Callable, Sequence
 
@@ -215,18 +214,11 @@ def run_shift(workdir: str, o: Options) -> dict:
   if o.batch < 1 or o.examples < 0:
     raise UserError(f'--shift_batch must be positive and --shift_examples >= 0, got {o.batch} '
                     f'and {o.examples}')
-  if o.reference and not os.path.exists(os.path.join(o.reference, 'config.json')):
-    raise UserError(f'--shift_reference {o.reference} is not a trained run (no config.json); '
-                    'pass the workdir of a --mode=train run')
   run = runs.load_run(workdir, o.step)
   tasks.check_mode(run.config, 'shift')
+  if o.reference:  # a reference must see the same test images
+    runs.check_run(o.reference, '--shift_reference', run.info.shape, run.info.num_classes)
   ref_run = runs.load_run(o.reference) if o.reference else None
-  if ref_run is not None and (tuple(ref_run.info.shape) != tuple(run.info.shape) or
-                              ref_run.info.num_classes != run.info.num_classes):
-    raise UserError(f'--shift_reference {o.reference} was trained on {ref_run.dataset["name"]} '
-                    f'{ref_run.info.shape} with {ref_run.info.num_classes} classes, this run on '
-                    f'{run.dataset["name"]} {run.info.shape} with {run.info.num_classes}: '
-                    'a reference must see the same test images')
   test = run.test_split()
   n = o.examples or len(test.labels)
   images, labels, idx = common.pick_examples(test.images, test.labels, n, o.seed, per_class=True)

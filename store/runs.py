@@ -63,7 +63,7 @@ def check_run(workdir: str, role: str, shape=None, num_classes: int | None = Non
     raise UserError(f'{role} {workdir} was trained on {theirs} images of {info.num_classes} '
                     f'classes ({info.name}: {theirs}, {info.num_classes} classes) but {what}\'s '
                     f'data is {mine} with {num_classes} classes; use a run trained on the same '
-                    'data')
+                    'data (the same input shape and classes)')
   return info
 
 
