@@ -5,8 +5,9 @@ preprocess, test split) -> an analysis function -> `W/<mode>/results.json` + `.m
 
   common.py   shared pieces: pick test examples deterministically, write the outputs
   summary.py  `--mode=summary`: parameters, MACs and receptive fields per layer of a config
-  explain.py  `--mode=explain`: attribution maps and their faithfulness, projections,
-              activation maximization, feature inversion
+  visualize.py  attribution maps and their faithfulness, projections, activation
+                maximization, feature inversion (a library of batched JAX functions)
+  explain.py  `--mode=explain`: visualize.py's methods on a trained run, as parts
   attack.py   `--mode=attack`: robust accuracy, fooling images, patches, transfer, privacy
               (the attacks themselves are the library attacks/)
   privacy.py  membership inference and reconstruction (attack's privacy parts)

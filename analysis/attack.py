@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 
 import attacks
-from analysis import common, explain, options, privacy
+from analysis import common, options, privacy, visualize
 from data import datasets
 from errors import UserError
 from store import checkpoints, runs
@@ -315,7 +315,7 @@ def _fooling(ctx: Context) -> None:
                         f'{int((reached < 0).sum())} of {2 * c} images stayed below 99%')
   if image_model:
     grid = [imgs[:c] * 255.0, imgs[c:] * 255.0]
-    explain.image_grid(plt, grid, ['from noise', 'from gray'], f'{out}/fooling.png',
+    common.image_grid(plt, grid, ['from noise', 'from gray'], f'{out}/fooling.png',
                        col_labels=[''] + [f'class {k}' for k in range(1, c)])
   results['seconds']['fooling'] = round(time.time() - t_part, 1)
 
@@ -354,7 +354,7 @@ def _patch(ctx: Context) -> None:
     ptile = np.zeros_like(x[:1])
     ptile[0, :side, :side] = np.asarray(patch)
     preds = pred(patched)
-    explain.image_grid(plt, [patched * 255.0, ptile * 255.0],
+    common.image_grid(plt, [patched * 255.0, ptile * 255.0],
                        [f'patched, pred {preds[0]}', 'the patch'], f'{out}/patch.png',
                        col_labels=[''] + [f'pred {p}' for p in preds[1:]])
     results['seconds']['patch'] = round(time.time() - t_part, 1)
@@ -395,17 +395,17 @@ def _reconstruction(ctx: Context) -> None:
     notes['reconstruction'] = 'feature inversion is for 2-D images'
   else:
     t_part = time.time()
-    convs = explain.conv_layers(net, variables, shape)
+    convs = visualize.conv_layers(net, variables, shape)
     layers = [convs[0][0], convs[-1][0]]
     xi = jnp.asarray(images[:4], jnp.float32)
     rec_rows, grid = [], [images[:4]]
     for name in layers:
-      rec = explain.invert(net, variables, xi, name, seed=o.seed)
-      p, q = explain.psnr_ssim(rec, xi)
+      rec = visualize.invert(net, variables, xi, name, seed=o.seed)
+      p, q = visualize.psnr_ssim(rec, xi)
       rec_rows.append({'layer': name, 'psnr': float(p.mean()), 'ssim': float(q.mean())})
       grid.append(np.asarray(rec))
     results['reconstruction'] = {'images': 4, 'layers': rec_rows}
-    explain.image_grid(plt, grid, ['originals'] + [f'from {r["layer"]}: {r["psnr"]:.1f} dB'
+    common.image_grid(plt, grid, ['originals'] + [f'from {r["layer"]}: {r["psnr"]:.1f} dB'
                                                    for r in rec_rows],
                        f'{out}/reconstruction.png')
     results['seconds']['reconstruction'] = round(time.time() - t_part, 1)

@@ -89,3 +89,24 @@ def pyplot():
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt
   return plt
+
+
+def image_grid(plt, rows: list[np.ndarray], row_labels: list[str], path: str,
+                col_labels: list[str] | None = None) -> None:
+  n_cols = max(len(r) for r in rows)
+  fig, axes = plt.subplots(len(rows), n_cols, figsize=(1.4 * n_cols, 1.5 * len(rows)),
+                           squeeze=False)
+  for i, row in enumerate(rows):
+    for j in range(n_cols):
+      ax = axes[i, j]
+      ax.axis('off')
+      if j < len(row):
+        im = row[j]
+        ax.imshow(im[..., 0] if im.shape[-1] == 1 else np.clip(im, 0, 255).astype(np.uint8),
+                  cmap='gray' if im.shape[-1] == 1 else None)
+      if j == 0:
+        ax.set_title(row_labels[i], fontsize=7, loc='left')
+      elif i == 0 and col_labels and j < len(col_labels):
+        ax.set_title(col_labels[j], fontsize=7)
+  fig.tight_layout()
+  save_figure(fig, path)

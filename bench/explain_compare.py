@@ -1,7 +1,7 @@
 """Attribution speed side by side with captum: Integrated Gradients (50 steps, black baseline,
 trapezoid rule) and occlusion (6x6 patches, stride 2, probability drop) on the same trained
 SimpleNet and the same test images, this project's jitted batched functions
-(analysis/explain.py) against captum 0.9 on the bench's PyTorch copy of the network with the
+(analysis/visualize.py) against captum 0.9 on the bench's PyTorch copy of the network with the
 run's weights. Also checks that both give the same maps.
 
   .venv/bin/python bench/explain_compare.py --workdir=runs/default \\
@@ -69,7 +69,7 @@ def main() -> None:
 
   import jax
   import jax.numpy as jnp
-  from analysis import common, explain
+  from analysis import common, visualize
   from store import runs
   run = runs.load_run(args.workdir)
   if not getattr(run.model, 'layout', None):
@@ -79,9 +79,9 @@ def main() -> None:
   # Both sides at their fastest: the run's own convolutions (oneDNN where the CPU has them).
   net = runs.Net(run.model, run.preprocess)
   x, y = jnp.asarray(images), jnp.asarray(labels)
-  ig_fn = jax.jit(lambda v, x, y: explain.integrated_gradients(net, v, x, y, jnp.zeros_like(x),
+  ig_fn = jax.jit(lambda v, x, y: visualize.integrated_gradients(net, v, x, y, jnp.zeros_like(x),
                                                                args.ig_steps)[0])
-  occ_fn = jax.jit(lambda v, x, y: explain.occlusion(net, v, x, y, 6, 2))
+  occ_fn = jax.jit(lambda v, x, y: visualize.occlusion(net, v, x, y, 6, 2))
   ours_ig, t_ig = timed(lambda: ig_fn(run.variables, x, y), args.repeats)
   ours_occ, t_occ = timed(lambda: occ_fn(run.variables, x, y), args.repeats)
   logits = np.asarray(net.logits(run.variables, x))

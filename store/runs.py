@@ -135,10 +135,8 @@ def run_info(preprocess: augment.Preprocess, dataset: dict) -> dict:
   return {'preprocess': preprocess.to_json(), 'dataset': dataset}
 
 
-def load_run(workdir: str, step: int | None = None, convolutions=None) -> Run:
+def load_run(workdir: str, step: int | None = None) -> Run:
   """The run in `workdir` at its latest (or given) checkpoint; see the module docstring.
-  `convolutions` replaces the run's own convolution implementation (e.g. XLA's, for second
-  derivatives).
 
   Runs saved before the preprocessing was recorded still load: the statistics are recomputed
   from the training set (the same computation the run did), and a warning says so once."""
@@ -155,7 +153,7 @@ def load_run(workdir: str, step: int | None = None, convolutions=None) -> Run:
     train = datasets.load_split(config.dataset, 'train')
     preprocess = augment.Preprocess.from_images(train.images)
     dataset = datasets.identity(config.dataset, info, len(train.labels), -1)
-  convs = convolutions or convolutions_lib.select(config.conv_impl, config.conv_algorithm)
+  convs = convolutions_lib.select(config.conv_impl, config.conv_algorithm)
   model = build(config, info.num_classes, config.dtype, convolutions=convs)
   state = checkpoints.load_checkpoint(workdir, step)
   uses_ema = bool(jax.tree_util.tree_leaves(state.get('ema_params', {})))

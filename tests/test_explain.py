@@ -1,4 +1,4 @@
-"""analysis/explain.py: attribution methods against hand-derived maps and PAIR's `saliency`,
+"""analysis/visualize.py and --mode=explain: attribution methods against hand-derived maps and PAIR's `saliency`,
 the faithfulness and fragility measures, syntheses, and `--mode=explain` end to end."""
 
 import json
@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO
 from store import runs
 
-from analysis import explain  # noqa: E402  (conftest puts the repository on sys.path)
+from analysis import explain, visualize  # noqa: E402  (conftest puts the repository on sys.path)
 from data import augment  # noqa: E402
 from errors import UserError  # noqa: E402
 from models import layers  # noqa: E402
@@ -39,7 +39,7 @@ def test_gradient_equals_the_hand_derived_one():
   x = jax.random.uniform(jax.random.key(0), (2, 4, 4, 1)) * 255
   v = model.init(jax.random.key(1), x)
   net = runs.Net(model, IDENTITY)
-  g = explain.gradient(net, v, x, jnp.array([0, 2]))
+  g = visualize.gradient(net, v, x, jnp.array([0, 2]))
   w = np.asarray(v['params']['Dense_0']['kernel'])  # (16, 3)
   np.testing.assert_allclose(g[0].ravel(), w[:, 0], rtol=1e-6)
   np.testing.assert_allclose(g[1].ravel(), w[:, 2], rtol=1e-6)
@@ -59,12 +59,12 @@ def test_gradcam_on_a_hand_set_conv_map():
   v = model.init(jax.random.key(0), x)
   v = {'params': {'ConvNormAct_0': {'Conv_0': {'kernel': jnp.eye(2).reshape(1, 1, 2, 2)}}}}
   net = runs.Net(model, IDENTITY)
-  assert explain.conv_layers(net, v, (4, 4, 2)) == [('ConvNormAct_0', (4, 4, 2))]
-  cam = explain.gradcam(net, v, x, jnp.array([1]), 'ConvNormAct_0')
+  assert visualize.conv_layers(net, v, (4, 4, 2)) == [('ConvNormAct_0', (4, 4, 2))]
+  cam = visualize.gradcam(net, v, x, jnp.array([1]), 'ConvNormAct_0')
   # logit 1 = mean of map 1, so its gradient is 1/16 on map 1 and 0 on map 0
   np.testing.assert_allclose(cam[0], np.maximum(np.asarray(x[0, ..., 1]), 0) / 16, atol=1e-6)
   with pytest.raises(UserError, match='not in this model'):
-    explain.gradcam(net, v, x, jnp.array([1]), 'Dense_7')
+    visualize.gradcam(net, v, x, jnp.array([1]), 'Dense_7')
 
 
 class Corner(nn.Module):
@@ -79,13 +79,13 @@ def test_occlusion_is_nonzero_exactly_where_the_model_looks():
   x = jax.random.uniform(jax.random.key(0), (2, 6, 6, 1)) + 0.5  # softmax far from saturation
   v = model.init(jax.random.key(1), x)
   net = runs.Net(model, IDENTITY)
-  m = np.asarray(explain.occlusion(net, v, x, jnp.array([0, 1]), size=1, stride=1))
+  m = np.asarray(visualize.occlusion(net, v, x, jnp.array([0, 1]), size=1, stride=1))
   region = np.zeros((6, 6), bool)
   region[1:3, 3:5] = True
   assert (np.abs(m[:, region]) > 1e-4).all() and (np.abs(m[:, ~region]) < 1e-6).all()
   for size, stride in ((0, 1), (7, 1), (2, 0)):
     with pytest.raises(UserError, match='occlusion patch size'):
-      explain.occlusion(net, v, x, jnp.array([0, 1]), size=size, stride=stride)
+      visualize.occlusion(net, v, x, jnp.array([0, 1]), size=size, stride=stride)
 
 
 def test_integrated_gradients_completeness_improves_with_steps(trained):
@@ -93,7 +93,7 @@ def test_integrated_gradients_completeness_improves_with_steps(trained):
   base = jnp.zeros_like(x)
   errors = {}
   for steps in (5, 200):
-    attr, delta = explain.integrated_gradients(net, v, x, y, base, steps)
+    attr, delta = visualize.integrated_gradients(net, v, x, y, base, steps)
     gap = attr.reshape(len(x), -1).sum(1) - delta
     errors[steps] = float(np.median(np.abs(delta) / np.maximum(np.abs(gap), 1e-6)))
   assert errors[200] < 0.05 and errors[200] < errors[5], errors
@@ -102,19 +102,19 @@ def test_integrated_gradients_completeness_improves_with_steps(trained):
 def test_same_maps_as_pair_saliency(trained):
   saliency = pytest.importorskip('saliency.core')
   _, net, v, x, y = trained
-  grad = jax.jit(lambda xb, c: explain.gradient(net, v, xb, jnp.full((len(xb),), c)))
+  grad = jax.jit(lambda xb, c: visualize.gradient(net, v, xb, jnp.full((len(xb),), c)))
 
   def call_model(x_batch, call_model_args=None, expected_keys=None):
     return {saliency.INPUT_OUTPUT_GRADIENTS: np.asarray(grad(jnp.asarray(x_batch, jnp.float32),
                                                              call_model_args))}
 
   xi, c = np.asarray(x[0]), int(y[0])
-  ours = np.asarray(explain.gradient(net, v, x[:1], y[:1]))[0]
+  ours = np.asarray(visualize.gradient(net, v, x[:1], y[:1]))[0]
   np.testing.assert_allclose(saliency.GradientSaliency().GetMask(xi, call_model, c), ours,
                              rtol=1e-5, atol=1e-6)
   ig_theirs = saliency.IntegratedGradients().GetMask(xi, call_model, c, x_steps=20,
                                                      batch_size=20)
-  ig_ours = explain.integrated_gradients(net, v, x[:1], y[:1], jnp.zeros_like(x[:1]), 20,
+  ig_ours = visualize.integrated_gradients(net, v, x[:1], y[:1], jnp.zeros_like(x[:1]), 20,
                                          rule='uniform')[0][0]
   np.testing.assert_allclose(ig_theirs, ig_ours, rtol=1e-4, atol=1e-4 * np.abs(ig_ours).max())
   # SmoothGrad with the same noise draws (PAIR draws np.random.normal per sample).
@@ -124,39 +124,39 @@ def test_same_maps_as_pair_saliency(trained):
   np.random.seed(0)
   stdev = 0.15 * (xi.max() - xi.min())
   noise = np.stack([np.random.normal(0, stdev, xi.shape) for _ in range(5)])[:, None]
-  sg_ours = explain.smoothgrad(net, v, x[:1], y[:1], jnp.asarray(noise, jnp.float32))[0]
+  sg_ours = visualize.smoothgrad(net, v, x[:1], y[:1], jnp.asarray(noise, jnp.float32))[0]
   np.testing.assert_allclose(sg_theirs, sg_ours, rtol=1e-4, atol=1e-5 * np.abs(sg_ours).max())
 
 
 def test_deletion_beats_a_random_map_and_randomized_weights_decorrelate(trained):
   _, net, v, x, y = trained
   # Integrated gradients from black explain what deleting pixels to black does.
-  ig = explain.integrated_gradients(net, v, x, y, jnp.zeros_like(x), 32)[0].sum(-1)
+  ig = visualize.integrated_gradients(net, v, x, y, jnp.zeros_like(x), 32)[0].sum(-1)
   rand_map = jax.random.uniform(jax.random.key(0), ig.shape)
-  d_ig = explain.deletion_insertion(net, v, x, y, ig)[2]
-  d_rand = explain.deletion_insertion(net, v, x, y, rand_map)[2]
+  d_ig = visualize.deletion_insertion(net, v, x, y, ig)[2]
+  d_rand = visualize.deletion_insertion(net, v, x, y, rand_map)[2]
   assert float(d_ig.mean()) < 0.9 * float(d_rand.mean())  # the probability falls faster
-  grad_map = explain.to_map(explain.gradient(net, v, x, y))
+  grad_map = visualize.to_map(visualize.gradient(net, v, x, y))
   random_v = net.model.init(jax.random.key(7), x[:1], train=False)
-  order = explain.module_order(net, v, x.shape[1:])
+  order = visualize.module_order(net, v, x.shape[1:])
   assert order == ['ConvNormAct_0', 'ConvNormAct_1', 'ConvNormAct_2', 'Dense_0']
-  cascade = explain.cascading_randomization(v, random_v, order)
+  cascade = visualize.cascading_randomization(v, random_v, order)
   assert [name for name, _ in cascade] == order[::-1]  # from the classifier down
   last = cascade[-1][1]
-  randomized = explain.to_map(explain.gradient(net, last, x, y))
-  assert explain.spearman(np.asarray(grad_map), np.asarray(randomized)) < 0.5
-  assert explain.spearman(np.asarray(grad_map), np.asarray(grad_map)) == pytest.approx(1.0)
+  randomized = visualize.to_map(visualize.gradient(net, last, x, y))
+  assert visualize.spearman(np.asarray(grad_map), np.asarray(randomized)) < 0.5
+  assert visualize.spearman(np.asarray(grad_map), np.asarray(grad_map)) == pytest.approx(1.0)
 
 
 def test_maximization_raises_its_target_and_inversion_is_sharper_early(trained):
   _, net, v, x, y = trained
   score = lambda variables, xx: net.logits(variables, xx)[:, 3]
-  _, start, end = explain.maximize(net, v, (16, 16, 1), score, starts=2, steps=60, fourier=True)
+  _, start, end = visualize.maximize(net, v, (16, 16, 1), score, starts=2, steps=60, fourier=True)
   # Far above where it started and above every test image's own score for that class.
   assert (end > start + 2).all() and end.min() > float(score(v, x).max()) + 1, (start, end)
-  layers_ = [name for name, _ in explain.conv_layers(net, v, (16, 16, 1))]
-  first = explain.psnr_ssim(explain.invert(net, v, x[:4], layers_[0], steps=150), x[:4])[0]
-  last = explain.psnr_ssim(explain.invert(net, v, x[:4], layers_[-1], steps=150), x[:4])[0]
+  layers_ = [name for name, _ in visualize.conv_layers(net, v, (16, 16, 1))]
+  first = visualize.psnr_ssim(visualize.invert(net, v, x[:4], layers_[0], steps=150), x[:4])[0]
+  last = visualize.psnr_ssim(visualize.invert(net, v, x[:4], layers_[-1], steps=150), x[:4])[0]
   assert first.mean() > last.mean() + 2, (first, last)
 
 
@@ -200,13 +200,13 @@ def test_gradient_methods_run_on_1d_models_and_patch_methods_refuse():
   v = model.init(jax.random.key(1), x)
   net = runs.Net(model, augment.Preprocess((127.0, 127.0), (64.0, 64.0)))
   c = jnp.array([0, 2])
-  assert explain.to_map(explain.gradient(net, v, x, c)).shape == (2, 12)
-  attr, delta = explain.integrated_gradients(net, v, x, c, jnp.zeros_like(x), 64)
+  assert visualize.to_map(visualize.gradient(net, v, x, c)).shape == (2, 12)
+  attr, delta = visualize.integrated_gradients(net, v, x, c, jnp.zeros_like(x), 64)
   assert attr.shape == x.shape and np.abs(np.asarray(delta)).max() < 1e-2
   with pytest.raises(UserError, match='2-D'):
-    explain.occlusion(net, v, x, c)
+    visualize.occlusion(net, v, x, c)
   with pytest.raises(UserError, match='2-D conv layer'):
-    explain.gradcam(net, v, x, c, 'ConvNormAct_0')
+    visualize.gradcam(net, v, x, c, 'ConvNormAct_0')
 
 
 @pytest.mark.parametrize('name,knobs,shape', [
@@ -225,13 +225,13 @@ def test_layers_gradients_and_gradcam_work_on_every_family(name, knobs, shape):
   x = jax.random.uniform(jax.random.key(0), (2, *shape)) * 255
   v = model.init(jax.random.key(1), x, train=False)
   net = runs.Net(model, augment.Preprocess((127.0,) * shape[-1], (64.0,) * shape[-1]))
-  convs = explain.conv_layers(net, v, shape)
+  convs = visualize.conv_layers(net, v, shape)
   spatial = [n for n, s in convs if s[0] * s[1] > 1]
   assert len(convs) >= 3 and spatial, convs
-  order = explain.module_order(net, v, shape)  # forward order, whatever the dict's order
+  order = visualize.module_order(net, v, shape)  # forward order, whatever the dict's order
   top = [n for n, _ in convs if '/' not in n]
   assert [n for n in order if n in top] == top and sorted(order) == sorted(v['params'])
   c = jnp.array([1, 2])
-  assert np.isfinite(np.asarray(explain.gradient(net, v, x, c))).all()
-  cam = explain.gradcam(net, v, x, c, spatial[-1])
+  assert np.isfinite(np.asarray(visualize.gradient(net, v, x, c))).all()
+  cam = visualize.gradcam(net, v, x, c, spatial[-1])
   assert cam.shape == (2, *shape[:2]) and (np.asarray(cam) >= 0).all()

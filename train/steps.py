@@ -1,4 +1,5 @@
-"""The jitted pieces of a run: the train state, the train step and the eval step.
+"""The jitted pieces of a run: the train state, the train step and the evaluation loop (the eval
+step itself is the task's, train/tasks.py).
 
 * Randomness of step s is `fold_in(seed, s)`, so a resumed run sees exactly the randomness of an
   uninterrupted one, and the result does not depend on the number of devices.
