@@ -25,12 +25,22 @@ def summary(config, workdir: str) -> None:
 def explain(config, workdir: str) -> None:
   """`--mode=explain`: attribution maps and their faithfulness and fragility, projections,
   activation maximization and feature inversion of a trained run, into `W/explain/`."""
-  from analysis import explain as explain_lib
+  from analysis import dense, explain as explain_lib
+  from store import checkpoints
   util.trained_run_mode('explain', 'explain', config, workdir)
   o = util.from_flags(options.Explain, FLAGS, 'explain_')
   if FLAGS.explain_list_layers:
     for name, shape in explain_lib.list_layers(workdir):
       print(f'{name}  {"x".join(map(str, shape))}')
+    return
+  if dense.is_segmentation(checkpoints.load_config(workdir)):
+    results = dense.run_explain(workdir, o)
+    for what, why in results['notes'].items():
+      print(f'explain: {what}: {why}')
+    for m in results['methods']:
+      print(f'explain: {m["method"]:<22} {100 * m["region_share"]:.1f}% of the map inside the '
+            f'region ({100 * m["region_area"]:.1f}% of the pixels)')
+    print(f'explain: outputs in {workdir}/explain/', flush=True)
     return
   results = explain_lib.run_explain(workdir, o)
   for what, why in results['notes'].items():
@@ -42,9 +52,22 @@ def explain(config, workdir: str) -> None:
 def attack(config, workdir: str) -> None:
   """`--mode=attack`: white-box and black-box robustness, fooling images, a patch, transfer,
   membership inference and reconstruction of a trained run, into `W/attack/`."""
-  from analysis import attack as attack_lib
+  from analysis import attack as attack_lib, dense
+  from store import checkpoints
   util.trained_run_mode('attack', 'attack', config, workdir)
   o = util.from_flags(options.Attack, FLAGS, 'attack_')
+  if dense.is_segmentation(checkpoints.load_config(workdir)):
+    r = dense.run_attack(workdir, o)
+    for what, why in r['notes'].items():
+      print(f'attack: {what}: {why}')
+    for row in r['attacks']:
+      print(f'attack: {row["attack"]:<13} eps {row["eps"]:.4g}  mIoU {100 * row["miou"]:.2f}%  '
+            f'pixel accuracy {100 * row["pixel_accuracy"]:.2f}%  object pixels turned '
+            f'{r["target_name"]} {100 * row["target_rate"]:.1f}%')
+    print(f'attack: clean mIoU {100 * r["clean_miou"]:.2f}%, pixel accuracy '
+          f'{100 * r["clean_accuracy"]:.2f}% on {r["num_examples"]} examples; outputs in '
+          f'{workdir}/attack/', flush=True)
+    return
   r = attack_lib.run_attack(workdir, o)
   for row in r['attacks']:
     print(f'attack: {row["attack"]:<20} eps {row["eps"]:.4g}  robust accuracy '

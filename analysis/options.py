@@ -44,6 +44,9 @@ class Explain:
                               'predicted, or a class index.', 'explain_class')
   layer: str = option('', 'conv layer for Grad-CAM and the projections (default: the last conv '
                       'layer with spatial extent).')
+  region: str = option('predicted', 'segmentation runs: the pixels whose summed class logit a '
+                       'map explains: predicted (those predicted as the class), true (its '
+                       'ground truth), all, or a box TOP,LEFT,HEIGHT,WIDTH.')
   ig_steps: int = option(50, 'integrated-gradients steps.')
   ig_baseline: str = option('black', 'integrated-gradients baseline: black | mean | blur | '
                             'uniform.')
@@ -85,6 +88,8 @@ class Attack:
   square_queries: int = option(1000, 'Square attack query budget.')
   fooling_steps: int = option(500, 'fooling-image ascent steps.')
   patch_target: int = option(0, 'adversarial patch target class.')
+  target_class: int = option(0, 'segmentation runs: the class targeted PGD pushes every pixel '
+                             'to (0 = background: the objects vanish).')
   patch_size: int = option(0, 'patch side (0 = a square of ~10% of the image area).')
   patch_steps: int = option(300, 'patch training steps.')
   target_workdir: str = option('', 'a second run (same input shape) to evaluate the PGD '

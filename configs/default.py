@@ -34,8 +34,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # Example shape: images are resized to it when set ('' = the dataset's own; synthetic:
       # 32,32,3; any rank for synthetic: '128,4' is 1-D).
       'image_shape': '',
-      'num_classes': 10,         # synthetic only
-      'synthetic_size': 2048,    # synthetic only: training examples (test = 1/4 of it)
+      'num_classes': 10,         # synthetic and segmentation_folder (classes incl. background)
+      'synthetic_size': 2048,    # synthetic, fashion_mnist_scenes: training examples (test 1/4)
+      'max_objects': 3,          # fashion_mnist_scenes: objects per canvas, 1 to this
+      'texture': 0.5,            # fashion_mnist_scenes: background stripe/noise contrast, 0-1
       # Where batches come from: memory (the split on every device, gathered in the step) |
       # streaming (read, decoded and batched on the host per process by grain) | auto (memory
       # when the training split fits in memory_limit_mb as uint8, else streaming).

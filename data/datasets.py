@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 
 import util
-from data import augment, images as image_io
+from data import augment, images as image_io, segmentation
 from errors import UserError
 
 
@@ -49,6 +49,11 @@ DATASETS: dict[str, DatasetInfo] = {d.name: d for d in [
     DatasetInfo('svhn_cropped', (32, 32, 3), 10),
     DatasetInfo('imagenet2012', (224, 224, 3), 1000, test_split='validation'),
     DatasetInfo('synthetic', (32, 32, 3), 10),
+    # Generated segmentation scenes of Fashion-MNIST objects (data/segmentation.py).
+    DatasetInfo('fashion_mnist_scenes', (64, 64, 1), len(segmentation.SCENE_CLASSES),
+                idx_dir='/usr/share/datasets/fashion-mnist',
+                install_hint='apt-get install dataset-fashion-mnist',
+                class_names=segmentation.SCENE_CLASSES),
 ]}
 
 IDX_FILES = {'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
@@ -79,6 +84,10 @@ def _raw_info(ds_cfg) -> DatasetInfo:
   name = ds_cfg.name
   if name == 'folder':
     return _folder_info(ds_cfg)
+  if name == 'segmentation_folder':
+    return _mask_folder_info(ds_cfg)
+  if name == 'fashion_mnist_scenes':
+    segmentation.check_scene_config(ds_cfg)
   d = DATASETS.get(name) or _tfds_info(ds_cfg)
   if name == 'synthetic':
     shape = _shape(ds_cfg.image_shape or '32,32,3', any_rank=True)
@@ -112,6 +121,17 @@ def _folder_info(ds_cfg) -> DatasetInfo:
   shape = _shape(ds_cfg.image_shape) if ds_cfg.image_shape else image_io.folder_shape(folder)
   return DatasetInfo('folder', shape, len(folder.class_names), test_split='val',
                      class_names=folder.class_names, num_train=len(folder.files['train']))
+
+
+def _mask_folder_info(ds_cfg) -> DatasetInfo:
+  if ds_cfg.num_classes < 2:
+    raise UserError(f'dataset.num_classes must be at least 2 (background and one class), got '
+                    f'{ds_cfg.num_classes}')
+  folder = segmentation.scan_folder(os.path.abspath(ds_cfg.data_dir) if ds_cfg.data_dir else '',
+                                    int(ds_cfg.num_classes))
+  shape = _shape(ds_cfg.image_shape) if ds_cfg.image_shape else folder.shape
+  return DatasetInfo('segmentation_folder', shape, int(ds_cfg.num_classes), test_split='val',
+                     num_train=len(folder.images['train']))
 
 
 def _tfds_info(ds_cfg) -> DatasetInfo:
@@ -165,12 +185,12 @@ def pipeline(ds_cfg, d: DatasetInfo | None = None) -> str:
     raise UserError(f'unknown dataset.pipeline {ds_cfg.pipeline!r}; use {" | ".join(PIPELINES)}')
   d = d or info(ds_cfg)
   source = resolve_source(ds_cfg)
-  if ds_cfg.pipeline == 'streaming' and source in ('idx', 'synthetic'):
+  if ds_cfg.pipeline == 'streaming' and source in ('idx', 'synthetic', 'scenes'):
     raise UserError(f'dataset.pipeline=streaming reads TFDS datasets and image folders; {d.name} '
                     f'comes from {source} data, use pipeline=memory')
   if ds_cfg.pipeline != 'auto':
     chosen = ds_cfg.pipeline
-  elif source in ('idx', 'synthetic'):
+  elif source in ('idx', 'synthetic', 'scenes'):
     chosen = 'memory'
   else:
     size_mb = num_train(ds_cfg, d) * int(np.prod(d.shape)) / 2 ** 20
@@ -208,9 +228,16 @@ def _tfds_prepared(ds_cfg) -> bool:
 def resolve_source(ds_cfg) -> str:
   """Which source will serve the dataset: 'synthetic', 'folder', 'tfds' or 'idx'. Fails with
   one line saying what to install or where to put which files when none can."""
-  if ds_cfg.name in ('synthetic', 'folder'):
+  if ds_cfg.name in ('synthetic', 'folder', 'segmentation_folder'):
     info(ds_cfg)  # checks the settings (the folder's layout)
     return ds_cfg.name
+  if ds_cfg.name == 'fashion_mnist_scenes':
+    d = info(ds_cfg)
+    if not all(_find_idx(_idx_dir(ds_cfg, d), s) for s in IDX_FILES['train'] + IDX_FILES['test']):
+      raise UserError(f'fashion_mnist_scenes draws Fashion-MNIST objects; their IDX files are not '
+                      f'in {_idx_dir(ds_cfg, d)}: `{d.install_hint}` or set '
+                      '--config.dataset.idx_dir')
+    return 'scenes'
   if ds_cfg.name not in DATASETS:
     info(ds_cfg)
     return 'tfds'
@@ -290,7 +317,7 @@ def supervised_keys(ds_cfg, d: DatasetInfo) -> tuple[str, str]:
 def _decoded_one_by_one(ds_cfg, d: DatasetInfo, source: str) -> bool:
   """Whether images go through the host transform (a folder; a TFDS dataset with a configured
   size or crop, or of varying sizes) rather than tf.data's batches."""
-  if source == 'folder':
+  if source in ('folder', 'segmentation_folder'):
     return True
   native = DATASETS[d.name].shape if d.name in DATASETS else None
   return source == 'tfds' and (bool(ds_cfg.image_shape) or native is None or
@@ -333,6 +360,12 @@ def _subset_info(ds_cfg, d: DatasetInfo) -> DatasetInfo:
   """`dataset.classes` keeps a subset of the classes, relabelled 0.. in the order given."""
   if ds_cfg.get('per_class', 0) < 0 or ds_cfg.get('extra_per_class', 0) < 0:
     raise UserError('dataset.per_class and dataset.extra_per_class must be >= 0')
+  if d.name in segmentation.DENSE_DATASETS:
+    subset = [k for k in SUBSET_KEYS if ds_cfg.get(k, '')]
+    if subset:
+      raise UserError(f'dataset.{subset[0]} selects whole images by class; {d.name} has a class '
+                      'per pixel: leave it empty')
+    return d
   ids = _classes(ds_cfg, d.num_classes)
   if not ids:
     return d
@@ -411,6 +444,10 @@ def _load_split(ds_cfg, split: str, d: DatasetInfo) -> Split:
   if source == 'synthetic':
     n = int(ds_cfg.synthetic_size)
     out = _synthetic(d, n, 0) if split == 'train' else _synthetic(d, max(1, n // 4), 1)
+  elif source == 'scenes':
+    objects = _load_idx(ds_cfg, DATASETS['fashion_mnist'], split)
+    out = Split(*segmentation.scene_split(ds_cfg, d.shape, split, objects.images[..., 0],
+                                          objects.labels))
   elif source == 'idx':
     if d.shape != DATASETS[d.name].shape:
       raise UserError(f'dataset.image_shape resizes TFDS and folder images; the IDX files of '
@@ -451,12 +488,17 @@ class Examples:
   (uint8 image of the run's shape, label). Training examples get the random-resized crop when
   `rrc` is set; evaluation examples the resize / centre crop of `dataset.crop_fraction`."""
 
-  def __init__(self, ds_cfg, d: DatasetInfo, split: str, rrc=None):
+  def __init__(self, ds_cfg, d: DatasetInfo, split: str, rrc=None, aug=None):
     self.shape, self.crop_fraction, self.rrc = d.shape, float(ds_cfg.crop_fraction), rrc
     source = resolve_source(ds_cfg)
     start = int(ds_cfg.train_offset) if split == 'train' else 0
     size = int(ds_cfg.train_size if split == 'train' else ds_cfg.test_size)
-    if source == 'folder':
+    self._dense = None
+    if source == 'segmentation_folder':  # (image, mask) pairs, augmented together
+      folder = segmentation.scan_folder(os.path.abspath(ds_cfg.data_dir), d.num_classes)
+      self._dense = segmentation.FolderExamples(folder, split, d.shape, aug)
+      total = len(self._dense)
+    elif source == 'folder':
       folder = image_io.scan_folder(os.path.abspath(ds_cfg.data_dir))
       self._paths, total = folder.files[split], len(folder.files[split])
       self._labels = folder.labels[split]
@@ -481,6 +523,8 @@ class Examples:
   def load(self, i: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, int]:
     """Example i; with `rng` (training) cropped by the random-resized crop when it is on."""
     k, strict = self._start + i, ''
+    if self._dense is not None:
+      return self._dense.load(k, rng)
     if self._reader is None:
       raw, label = image_io.open_image(self._paths[k]), self._labels[k]
       strict = self._paths[k] if self._strict and rng is None else ''
@@ -495,10 +539,13 @@ class Examples:
     PIL releases the GIL while decoding."""
     n = self.num_examples if n is None else min(n, self.num_examples)
     images_ = np.empty((n, *self.shape), np.uint8)
-    labels = np.empty(n, np.int32)
+    labels = None  # int32 class labels, or uint8 masks (H, W) of a segmentation folder
     with futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
       for i, (image, label) in enumerate(pool.map(self.load, range(n), chunksize=64)):
+        if labels is None:
+          labels = np.empty((n, *np.shape(label)), np.uint8 if np.ndim(label) else np.int32)
         images_[i], labels[i] = image, label
+    labels = np.empty(0, np.int32) if labels is None else labels
     return Split(images_, labels)
 
   def preprocess(self, max_examples: int = 2048) -> augment.Preprocess:

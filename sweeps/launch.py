@@ -177,7 +177,9 @@ def run_local(dirs: Sequence[str], parallel: int) -> dict[str, str]:
     results = util.read_json(os.path.join(d, runner.RESULTS)) or {}
     with lock:
       finished[0] += 1
-      detail = (f'test acc {100 * (results.get("test_accuracy") or 0):.2f}%, '
+      metric = report.task_metric(results.get('config') or {})
+      name = 'test acc' if metric == 'test_accuracy' else metric.replace('_', ' ')
+      detail = (f'{name} {100 * (results.get(metric) or 0):.2f}%, '
                 f'{status.get("elapsed_s", 0):.0f}s' if outcome == 'done'
                 else status.get('error', ''))
       print(f'[{finished[0]}/{len(dirs)}] {outcome:<11} {name}  {detail}', flush=True)

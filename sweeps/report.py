@@ -75,6 +75,21 @@ def width_label(trial: dict) -> str:
   return f'width x{trial["config"].get("model", {}).get("width_multiplier", 1.0):g}'
 
 
+# The field a sweep over runs of each task compares (results.json), and its name in reports.
+METRICS = {'classification': ('test_accuracy', 'test accuracy'),
+           'segmentation': ('test_miou', 'test mIoU')}
+
+
+def task_metric(config: dict) -> str:
+  return METRICS.get(config.get('task', 'classification'), METRICS['classification'])[0]
+
+
+def metric_label(rows: Sequence[dict]) -> str:
+  """'test accuracy', or the other task's metric when every trial reports that one."""
+  names = {r.get('metric', 'test_accuracy') for r in rows}
+  return next((label for field, label in METRICS.values() if {field} == names), 'test accuracy')
+
+
 def gather(workdir: str) -> list[dict[str, Any]]:
   """One row per trial directory, finished or not."""
   rows = []
@@ -94,9 +109,14 @@ def gather(workdir: str) -> list[dict[str, Any]]:
         'images_per_sec': results.get('images_per_sec'),
         'test_accuracy': results.get('test_accuracy'),
         'best_test_accuracy': results.get('best_test_accuracy'),
+        # What the statistics and plots compare: the task's headline metric (task_metric).
+        'metric': task_metric(trial['config']),
+        'score': results.get(task_metric(trial['config'])),
+        'best_score': results.get('best_' + task_metric(trial['config'])),
         'layout': trial['layout'],
-        'history': [(h['epoch'], h['test_accuracy']) for h in results.get('history', [])
-                    if h.get('test_accuracy') is not None],
+        'history': [(h['epoch'], h[task_metric(trial['config'])])
+                    for h in results.get('history', [])
+                    if h.get(task_metric(trial['config'])) is not None],
         'error': status.get('error', '') if state != 'done' else '',
         # Relative to the sweep directory: reports are committed and moved between machines.
         'log': os.path.relpath(os.path.join(d, runner.LOG), workdir)})
@@ -111,7 +131,7 @@ def write_csv(rows: Sequence[dict], path: str) -> None:
   keys = _override_keys(rows)
   fields = ['trial', 'status', *keys, 'width_multiplier', 'budget', 'params', 'macs', 'depth',
             'one_by_one', 'epochs', 'steps', 'train_time_s', 'images_per_sec', 'test_accuracy',
-            'best_test_accuracy', 'layout', 'error']
+            'best_test_accuracy', 'metric', 'score', 'layout', 'error']
   with open(path, 'w', newline='') as f:
     writer = csv.DictWriter(f, fieldnames=fields, extrasaction='ignore')
     writer.writeheader()
@@ -189,8 +209,8 @@ def aggregate(rows: Sequence[dict], reference: str = '') -> list[dict[str, Any]]
                     f'of: {", ".join(groups)}')
   out = []
   for label, members in groups.items():
-    done = [r for r in members if r['status'] == 'done' and r['test_accuracy'] is not None]
-    values = [100 * r['test_accuracy'] for r in done]
+    done = [r for r in members if r['status'] == 'done' and r.get('score') is not None]
+    values = [100 * r['score'] for r in done]
     first = members[0]
     entry = {'configuration': label, 'trials': len(members), 'seeds': [r['seed'] for r in done],
              'values': [round(v, 4) for v in values], 'params': first['params'],
@@ -226,9 +246,10 @@ def _p(p: float | None) -> str:
   return '-' if p is None else ('< 0.001' if p < 0.001 else f'{p:.3f}')
 
 
-def seeds_markdown(stats: Sequence[dict], reference: str) -> list[str]:
+def seeds_markdown(stats: Sequence[dict], reference: str, label: str = 'test accuracy') -> list[str]:
   """The per-configuration table of results.md."""
-  head = ['configuration', 'seeds', 'params', 'MACs', 'final acc % (mean ± sd)', '95% CI']
+  short = 'acc' if label == 'test accuracy' else label.split()[-1]
+  head = ['configuration', 'seeds', 'params', 'MACs', f'final {short} % (mean ± sd)', '95% CI']
   if reference:
     head += [f'Δ vs {reference}', '95% CI of Δ (Welch)', 'p (Welch)', 'p (Holm)',
              '95% CI of Δ (bootstrap)', 'significant']
@@ -249,7 +270,7 @@ def seeds_markdown(stats: Sequence[dict], reference: str) -> list[str]:
       else:
         cells += ['-'] * 6
     lines.append('| ' + ' | '.join(c.replace('|', '\\|') for c in cells) + ' |')
-  lines += ['', 'Final test accuracy over seeds (trials that differ only in `seed`); 95% CI = '
+  lines += ['', f'Final {label} over seeds (trials that differ only in `seed`); 95% CI = '
             "Student-t interval of the mean."]
   if reference:
     lines[-1] += (f' Δ = mean minus the reference {reference}\'s, in points; significant = '
@@ -267,14 +288,16 @@ def markdown(rows: Sequence[dict], title: str, stats: Sequence[dict] = (),
   """The per-configuration table, the per-trial table, the unfinished trials, the plots."""
   keys = _override_keys(rows)
   solved = any(r['budget'] for r in rows)  # show the width each budget was solved to
+  label = metric_label(rows)
+  short = 'acc' if label == 'test accuracy' else label.split()[-1]
   head = ['trial', *keys, *(['width x (solved)'] if solved else []), 'params', 'MACs', 'depth',
-          'train time', 'final acc %', 'best acc %', 'status']
+          'train time', f'final {short} %', f'best {short} %', 'status']
   lines = [f'# {title}', '', f'{sum(r["status"] == "done" for r in rows)} of {len(rows)} '
            'trials finished.', '']
   if stats:
-    lines += ['## Over seeds', '', *seeds_markdown(stats, reference), '', '## Trials', '']
+    lines += ['## Over seeds', '', *seeds_markdown(stats, reference, label), '', '## Trials', '']
   lines += ['| ' + ' | '.join(head) + ' |',
-           '|' + '|'.join('---:' if h in ('params', 'MACs', 'depth') or 'acc' in h else '---'
+           '|' + '|'.join('---:' if h in ('params', 'MACs', 'depth') or h.endswith('%') else '---'
                           for h in head) + '|']
   for r in rows:
     time_s = f'{r["train_time_s"] / 60:.1f} min' if r['train_time_s'] else '-'
@@ -282,7 +305,7 @@ def markdown(rows: Sequence[dict], title: str, stats: Sequence[dict] = (),
              *([f'{r["width_multiplier"]:g}' if r['budget'] else ''] if solved else []),
              f'{r["params"]:,}',
              f'{r["macs"] / 1e6:.1f}M', str(r['depth'] if r['depth'] is not None else '-'), time_s,
-             _pct(r['test_accuracy']), _pct(r['best_test_accuracy']), r['status']]
+             _pct(r.get('score')), _pct(r.get('best_score')), r['status']]
     lines.append('| ' + ' | '.join(c.replace('|', '\\|') for c in cells) + ' |')
   unfinished = [r for r in rows if r['status'] != 'done']
   if unfinished:
@@ -302,8 +325,8 @@ def _series(rows: Sequence[dict], x_of: Callable[[dict], Any],
   trials that share a series and an x (seeds) are averaged."""
   cells: dict[str, dict[Any, list[float]]] = {}
   for r in rows:
-    if r['status'] == 'done' and r['test_accuracy'] is not None and x_of(r) is not None:
-      cells.setdefault(series_of(r), {}).setdefault(x_of(r), []).append(100 * r['test_accuracy'])
+    if r['status'] == 'done' and r.get('score') is not None and x_of(r) is not None:
+      cells.setdefault(series_of(r), {}).setdefault(x_of(r), []).append(100 * r['score'])
   return {s: [(x, sum(v) / len(v), v) for x, v in sorted(pts.items())] for s, pts in cells.items()}
 
 
@@ -317,7 +340,8 @@ def _natural(label: str) -> list:
   return [int(p) if p.isdigit() else p for p in re.split(r'(\d+)', label)]
 
 
-def _plot_lines(ax, data, xlabel: str, names: dict | None = None, join: bool = True) -> None:
+def _plot_lines(ax, data, xlabel: str, names: dict | None = None, join: bool = True,
+                label: str = 'test accuracy') -> None:
   """One line per series; with `names` ({(series, x): label}) the points are labelled and,
   where x barely varies (a parameter budget) or `join` is off, not joined: such a line would
   mean nothing."""
@@ -337,7 +361,7 @@ def _plot_lines(ax, data, xlabel: str, names: dict | None = None, join: bool = T
   if names:
     ax.margins(x=0.15)  # room for the last point's label
   ax.set_xlabel(xlabel)
-  ax.set_ylabel('final test accuracy (%, mean ± sd over seeds)')
+  ax.set_ylabel(f'final {label} (%, mean ± sd over seeds)')
   ax.grid(alpha=0.3)
   if data:
     ax.legend(fontsize=8)
@@ -372,7 +396,8 @@ def placement_applies(rows: Sequence[dict]) -> bool:
   return _swept(rows, 'model.one_by_one') or _swept(rows, 'model.num_one_by_one')
 
 
-def _plot_configurations(plt, stats: Sequence[dict], path: str, title: str) -> None:
+def _plot_configurations(plt, stats: Sequence[dict], path: str, title: str,
+                         label: str = 'test accuracy') -> None:
   """Mean and 95% CI per configuration (seeds as dots), the reference's mean as a line."""
   shown = [e for e in stats if e['values']]
   fig, ax = plt.subplots(figsize=(7, 1.2 + 0.35 * max(1, len(shown))))
@@ -386,11 +411,11 @@ def _plot_configurations(plt, stats: Sequence[dict], path: str, title: str) -> N
       ax.axvline(e['mean'], color='C3', linestyle='--', alpha=0.6)
   ax.set_yticks(range(len(shown)), [e['configuration'] + (' (ref)' if e['reference'] else '')
                                     for e in reversed(shown)], fontsize=8)
-  ax.set_xlabel('final test accuracy (%): mean, 95% CI, seeds')
+  ax.set_xlabel(f'final {label} (%): mean, 95% CI, seeds')
   ax.grid(alpha=0.3, axis='x')
   if not shown:
     ax.text(0.5, 0.5, 'no finished trials yet', ha='center', transform=ax.transAxes)
-  ax.set_title(f'{title}: accuracy per configuration', fontsize=10)
+  ax.set_title(f'{title}: {label} per configuration', fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -411,7 +436,7 @@ def _plot_curves(plt, rows: Sequence[dict], path: str, title: str) -> None:
     if len(runs) > 1:
       ax.fill_between(epochs, acc.min(axis=0), acc.max(axis=0), color=line.get_color(), alpha=0.15)
   ax.set_xlabel('epoch')
-  ax.set_ylabel('test accuracy (%, mean over seeds)')
+  ax.set_ylabel(f'{metric_label(rows)} (%, mean over seeds)')
   ax.grid(alpha=0.3)
   if curves:
     accs = [100 * a for h in (h for runs in curves.values() for h in runs) for _, a in h]
@@ -419,7 +444,7 @@ def _plot_curves(plt, rows: Sequence[dict], path: str, title: str) -> None:
     ax.legend(fontsize=7)
   else:
     ax.text(0.5, 0.5, 'no finished trials yet', ha='center', transform=ax.transAxes)
-  ax.set_title(f'{title}: test accuracy during training', fontsize=10)
+  ax.set_title(f'{title}: {metric_label(rows)} during training', fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -444,7 +469,7 @@ def write_plots(rows: Sequence[dict], workdir: str, title: str,
       os.remove(os.path.join(workdir, p))
   path = {p: os.path.join(workdir, p) for p in PLOTS}
   _plot_configurations(plt, aggregate(rows) if stats is None else stats,
-                       path['accuracy_by_configuration.png'], title)
+                       path['accuracy_by_configuration.png'], title, metric_label(rows))
   _plot_curves(plt, rows, path['curves.png'], title)
   with_1x1 = _swept(rows, 'model.one_by_one')
   placement_of = lambda r: r['one_by_one'] if with_1x1 else 'all trials'
@@ -453,7 +478,8 @@ def write_plots(rows: Sequence[dict], workdir: str, title: str,
   for key, xlabel in (('params', 'parameters'), ('macs', 'multiply-accumulates per image')):
     names = {(placement_of(r), r[key]): _point_label(r, with_1x1) for r in rows}
     fig, ax = plt.subplots(figsize=(6, 4))
-    _plot_lines(ax, _series(rows, lambda r: r[key], placement_of), xlabel, names, join)
+    _plot_lines(ax, _series(rows, lambda r: r[key], placement_of), xlabel, names, join,
+                metric_label(rows))
     xs = [r[key] for r in rows if r[key]]
     if xs and max(xs) > 4 * min(xs):
       ax.set_xscale('log')
@@ -525,7 +551,8 @@ def write_report(workdir: str, reference: str = '') -> dict[str, Any]:
   title = os.path.basename(os.path.abspath(workdir))
   csv_path, md_path = os.path.join(workdir, 'results.csv'), os.path.join(workdir, 'results.md')
   summary_path = os.path.join(workdir, 'summary.json')
-  util.write_json(summary_path, {'reference': reference or None, 'metric': 'test_accuracy (%)',
+  metric = next((f for f, label in METRICS.values() if label == metric_label(rows)), 'test_accuracy')
+  util.write_json(summary_path, {'reference': reference or None, 'metric': f'{metric} (%)',
                                  'configurations': stats})
   write_csv(rows, csv_path)
   with open(md_path, 'w') as f:

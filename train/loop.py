@@ -156,7 +156,8 @@ def setup(config, train, test, info: datasets.DatasetInfo,
   train_step = steps.make_train_step(model, tx, config, train_source, preprocess, mesh, task,
                                      objective, convs.compiler_options(), keep_stats=keep_stats)
   diagnostics_step = (diagnostics.make_diagnostics_step(
-      steps.make_step_core(model, tx, config, train_source, preprocess, objective), model, order,
+      steps.make_step_core(model, tx, config, train_source, preprocess, objective, task), model,
+      order,
       mesh, convs.compiler_options()) if config.diagnostics.enabled else None)
   evaluator_list = (task.evaluators(config, test, model, preprocess, mesh, convs, init_run)
                     if test else [])
@@ -354,22 +355,24 @@ def results_dict(session: Session) -> dict:
   }
 
 
-def plot_curves(results: dict, path: str) -> None:
-  """`curves.png`: test accuracy and train loss per epoch, from a results dict."""
+def plot_curves(results: dict, path: str,
+                curve: tuple[str, str] = ('test_accuracy', 'test accuracy (%)')) -> None:
+  """`curves.png`: the task's test metric (`curve`: field, axis label) and the train loss per
+  epoch, from a results dict."""
   import matplotlib  # heavy (~1 s): loaded only when a figure is drawn
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt
   hist, log = results['history'], results['train_log']
   steps_per_epoch = results['steps'] / results['epochs']
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-  ax1.plot([h['epoch'] for h in hist], [100 * h['test_accuracy'] for h in hist], 'o-',
-           label='test')
+  field, label = curve
+  ax1.plot([h['epoch'] for h in hist], [100 * h[field] for h in hist], 'o-', label='test')
   if any('source_test_accuracy' in h for h in hist):  # fine-tuning: the source task too
     ax1.plot([h['epoch'] for h in hist], [100 * h['source_test_accuracy'] for h in hist], 's--',
              label='source task (its head)')
     ax1.legend()
-  ax1.set(xlabel='epoch', ylabel='test accuracy (%)',
-          title=f"{results['config']['model']['name']}: {100 * (results['test_accuracy'] or 0):.2f}%"
+  ax1.set(xlabel='epoch', ylabel=label,
+          title=f"{results['config']['model']['name']}: {100 * (results[field] or 0):.2f}%"
                 f" in {results['train_time_s'] / 60:.1f} min")
   ax1.grid(alpha=0.3)
   ax2.plot([s / steps_per_epoch for s, _, _ in log], [l for _, l, _ in log])
@@ -387,7 +390,8 @@ def load_data(config, info: datasets.DatasetInfo):
     train = datasets.load_split(config.dataset, 'train')
     return (train, datasets.load_split(config.dataset, 'test'),
             augment.Preprocess.from_images(train.images))
-  train = datasets.Examples(config.dataset, info, 'train', augment.resized_crop_setting(config.augment))
+  train = datasets.Examples(config.dataset, info, 'train',
+                            augment.resized_crop_setting(config.augment), aug=config.augment)
   return train, datasets.Examples(config.dataset, info, 'test'), train.preprocess()
 
 
@@ -460,13 +464,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, wrap_tx=
   results = results_dict(session)
   if main_proc:
     util.write_json(results_path, results)
-    plot_curves(results, os.path.join(workdir, 'curves.png'))
+    plot_curves(results, os.path.join(workdir, 'curves.png'), exp.task.curve)
+    if test is not None:
+      split = test if isinstance(test, datasets.Split) else test.head(6)
+      exp.task.write_figures(exp.model, exp.state.inference_variables(), preprocess, split,
+                             info.class_names, workdir, config.eval_flip_tta)
     if results['diagnostics']:
       diagnostics.plot(results['diagnostics'], diagnostics.output_path(workdir))
       logging.info(diagnostics.summary_line(results['diagnostics']))
     writer.close()
-    logging.info('Done: test accuracy %.2f%% (best %.2f%%), %s params, %.0f img/s, %s wall time. '
-                 'Results in %s', 100 * (results['test_accuracy'] or 0),
-                 100 * (results['best_test_accuracy'] or 0), f'{exp.num_params:,}',
+    logging.info('Done: %s, %s params, %.0f img/s, %s wall time. Results in %s',
+                 exp.task.summary(results), f'{exp.num_params:,}',
                  results['images_per_sec'], _fmt_time(results['train_time_s']), results_path)
   return results

@@ -70,20 +70,21 @@ def run_keys(seed: int, sharding) -> tuple[jax.Array, jax.Array, jax.Array]:
       np.asarray(jax.random.key_data(step_key)), sharding)
 
 
-def make_step_core(model, tx, config, source, preprocess: augment_lib.Preprocess, objective):
+def make_step_core(model, tx, config, source, preprocess: augment_lib.Preprocess, objective,
+                   task):
   """The traced body of a train step, `(state, inputs, key_data, *args) -> (loss, outputs,
   labels, new batch_stats, grads, updates, new opt_state, (model input, dropout key))`, where
   `args` are `objective.step_args(mesh)`: shared by the train step and the diagnostics
   (train/diagnostics.py), which so see exactly the step's gradient, update and forward pass.
   What is minimized is the objective's (train/objectives/); the step only augments, takes the
   gradient and updates."""
-  ops = augment_lib.pipeline(config.augment, skip=getattr(source, 'host_ops', ()))
+  augmenter = task.augmenter(config.augment, source)  # moves a mask with its image
 
   def core(state: TrainState, inputs, key_data, *args):
     key = jax.random.fold_in(jax.random.wrap_key_data(key_data), state.step)
     k_aug, k_drop = jax.random.split(key)
     images, y = source.batch(inputs, state.step)
-    x = augment_lib.apply(ops, k_aug, images, preprocess)
+    x, y = augmenter(k_aug, images, y, preprocess)
     aux = objective.prepare(objectives.View(model, preprocess, state.params, state.batch_stats,
                                             key, args), x, y)
 
@@ -112,7 +113,7 @@ def make_train_step(model, tx, config, source, preprocess: augment_lib.Preproces
   running statistics the step leaves unchanged. Its key is an argument, so runs that differ
   only in seed share one compiled (and persistently cached) executable."""
   rep = distributed.replicated(mesh)
-  core = make_step_core(model, tx, config, source, preprocess, objective)
+  core = make_step_core(model, tx, config, source, preprocess, objective, task)
 
   def step(state: TrainState, metrics, inputs, key_data, *args):
     loss, outputs, y, batch_stats, grads, updates, opt_state, _ = core(state, inputs, key_data,
@@ -147,10 +148,10 @@ def empty_metrics(metrics_cls, sharding):
 
 
 def evaluate(eval_step, variables: dict, source) -> dict[str, float]:
-  """The eval step's metrics (loss and accuracy for classification) over every example of the
-  eval source, exactly once."""
+  """The eval step's metrics (loss and accuracy for classification; segmentation adds its
+  confusion matrix, an array) over every example of the eval source, exactly once."""
   total = None
   for i in range(source.num_batches):
     m = eval_step(variables, source.step_inputs(i))
     total = m if total is None else total.merge(m)
-  return {k: float(v) for k, v in total.compute().items()}
+  return {k: float(v) if np.ndim(v) == 0 else np.asarray(v) for k, v in total.compute().items()}

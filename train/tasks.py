@@ -13,9 +13,11 @@ import jax.numpy as jnp
 import optax
 from clu import metrics as clu_metrics
 
-from data import datasets, sources, streaming
+import models
+from data import augment as augment_lib
+from data import datasets, segmentation as seg_data, sources, streaming
 from errors import UserError
-from train import distributed, evaluators, objectives, transfer
+from train import distributed, evaluators, objectives, segmentation, transfer
 from train.objectives import adversarial
 
 
@@ -33,14 +35,28 @@ class Classification:
   Metrics = Metrics
   # Analysis modes that take a classifier (sweeps, reports and summaries take any run).
   modes = ('explain', 'attack', 'shift', 'compress', 'gan')
+  curve = ('test_accuracy', 'test accuracy (%)')  # what curves.png plots per epoch
 
   @staticmethod
   def check(config, info: datasets.DatasetInfo) -> None:
+    if info.name in seg_data.DENSE_DATASETS:
+      raise UserError(f'dataset {info.name} has a class per pixel; train it with '
+                      '--config.task=segmentation (configs/segmentation.py)')
+    if getattr(models.create(config.model, info.num_classes), 'dense', False):
+      raise UserError(f'model {config.model.name} scores every pixel; a classification run needs '
+                      'one score per image: train it with --config.task=segmentation')
     objectives.check(config, info.shape, info.num_classes)
 
   @staticmethod
   def objective(config, info: datasets.DatasetInfo):
     return objectives.build(config, info.shape, info.num_classes)
+
+  @staticmethod
+  def augmenter(aug_cfg, source):
+    """`fn(key, images, labels, preprocess) -> (inputs, labels)` of a training batch; a
+    streaming source applied its host ops (the random-resized crop) while reading."""
+    ops = augment_lib.pipeline(aug_cfg, skip=getattr(source, 'host_ops', ()))
+    return lambda key, images, y, preprocess: (augment_lib.apply(ops, key, images, preprocess), y)
 
   @staticmethod
   def train_metrics(loss, outputs, labels) -> Metrics:
@@ -107,8 +123,18 @@ class Classification:
   def eval_line(values: dict) -> str:
     return f'test accuracy {100 * values["accuracy"]:.2f}% (loss {values["loss"]:.4f})'
 
+  @staticmethod
+  def summary(results: dict) -> str:
+    return (f'test accuracy {100 * (results["test_accuracy"] or 0):.2f}% (best '
+            f'{100 * (results["best_test_accuracy"] or 0):.2f}%)')
 
-TASKS = {'classification': Classification}
+  @staticmethod
+  def write_figures(*args, **kwargs) -> None:
+    """A classifier's figures are the analysis modes' (curves.png is the loop's)."""
+    return None
+
+
+TASKS = {'classification': Classification, 'segmentation': segmentation.Segmentation}
 
 
 def get(config):
