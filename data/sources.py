@@ -88,8 +88,10 @@ class InMemoryEval:
     return images[idx], labels[idx], mask
 
 
-def random_split(shape, num_classes: int, n: int, seed: int = 0) -> Split:
-  """Uniform random uint8 images and labels (the benchmark's data: only shapes matter)."""
+def random_split(shape, num_classes: int, n: int, seed: int = 0, label_shape=()) -> Split:
+  """Uniform random uint8 images and labels (the benchmark's data: only shapes matter);
+  `label_shape` (H, W) gives uint8 masks instead of one int32 label per image."""
   rng = np.random.default_rng(seed)
-  return Split(rng.integers(0, 256, (n, *shape), dtype=np.uint8),
-               rng.integers(0, num_classes, n).astype(np.int32))
+  images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+  labels = rng.integers(0, num_classes, (n, *label_shape))
+  return Split(images, labels.astype(np.uint8 if label_shape else np.int32))

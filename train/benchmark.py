@@ -24,7 +24,7 @@ import util
 from data import augment, sources
 from kernels import convolutions, runtime
 from models import summary
-from train import distributed, loop, steps as steps_lib
+from train import distributed, loop, steps as steps_lib, tasks
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
@@ -76,7 +76,8 @@ def run(config, workdir: str, steps: int = 30, warmup: int = 3) -> dict:
   if stream:
     data, _, preprocess = loop.load_data(config, info)
   else:  # random uint8 data: the step gathers its batch from it exactly as in training
-    data = sources.random_split(info.shape, info.num_classes, batch * 4)
+    data = sources.random_split(info.shape, info.num_classes, batch * 4,
+                                label_shape=tasks.get(config).label_shape(info))
     channels = info.shape[-1]
     preprocess = augment.Preprocess((127.0,) * channels, (64.0,) * channels)
   exp = loop.setup(config, data, None, info, preprocess,

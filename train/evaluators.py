@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 
 import attacks
-from data import datasets, sources
+from data import datasets, sources, streaming
 from store import runs
 from train import distributed, steps, transfer
 from train.objectives import adversarial
@@ -25,6 +25,13 @@ class Measured:
   fields: dict      # history entry fields, e.g. {'test_accuracy': 0.9, 'test_loss': 0.3}
   scalars: dict     # TensorBoard scalars
   text: str         # appended to the eval log line
+
+
+def eval_source(config, test, mesh):
+  """The eval source over `test`: a Split on the devices, or datasets.Examples streamed."""
+  if isinstance(test, datasets.Split):
+    return sources.InMemoryEval(test, config.eval_batch_size, mesh)
+  return streaming.StreamingEval(test, config.dataset, config.eval_batch_size, mesh)
 
 
 class TestSplit:

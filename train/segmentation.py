@@ -22,7 +22,7 @@ import optax
 from clu import metrics as clu_metrics
 
 import models
-from data import datasets, segmentation as seg_data, sources, streaming
+from data import datasets, segmentation as seg_data
 from errors import UserError
 from train import distributed, evaluators, steps
 from train.objectives import base
@@ -180,6 +180,10 @@ class Segmentation:
   curve = ('test_miou', 'test mIoU (%)')
 
   @staticmethod
+  def label_shape(info: datasets.DatasetInfo) -> tuple:
+    return tuple(info.shape[:2])
+
+  @staticmethod
   def check(config, info: datasets.DatasetInfo) -> None:
     if info.name not in seg_data.DENSE_DATASETS:
       raise UserError(f'a segmentation run needs per-pixel masks; dataset {info.name} has one '
@@ -240,10 +244,7 @@ class Segmentation:
 
   @classmethod
   def evaluation(cls, config, test, model, preprocess, mesh, convs):
-    if isinstance(test, datasets.Split):
-      source = sources.InMemoryEval(test, config.eval_batch_size, mesh)
-    else:
-      source = streaming.StreamingEval(test, config.dataset, config.eval_batch_size, mesh)
+    source = evaluators.eval_source(config, test, mesh)
     return source, cls.make_eval_step(model, source, preprocess, mesh, config.eval_flip_tta,
                                       convs.compiler_options())
 

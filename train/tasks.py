@@ -15,7 +15,7 @@ from clu import metrics as clu_metrics
 
 import models
 from data import augment as augment_lib
-from data import datasets, segmentation as seg_data, sources, streaming
+from data import datasets, segmentation as seg_data
 from errors import UserError
 from train import distributed, evaluators, objectives, segmentation, transfer
 from train.objectives import adversarial
@@ -36,6 +36,11 @@ class Classification:
   # Analysis modes that take a classifier (sweeps, reports and summaries take any run).
   modes = ('explain', 'attack', 'shift', 'compress', 'gan')
   curve = ('test_accuracy', 'test accuracy (%)')  # what curves.png plots per epoch
+
+  @staticmethod
+  def label_shape(info: datasets.DatasetInfo) -> tuple:
+    """The shape of one example's label (for data made up to shape, as the benchmark's)."""
+    return ()
 
   @staticmethod
   def check(config, info: datasets.DatasetInfo) -> None:
@@ -97,10 +102,7 @@ class Classification:
     """(eval source, jitted eval step) over `test` (a Split in memory, or datasets.Examples
     streamed), as a run evaluates: its eval batch size, flip TTA and compiler options. Shared
     by training, `--mode=eval` and --mode=compress."""
-    if isinstance(test, datasets.Split):
-      source = sources.InMemoryEval(test, config.eval_batch_size, mesh)
-    else:
-      source = streaming.StreamingEval(test, config.dataset, config.eval_batch_size, mesh)
+    source = evaluators.eval_source(config, test, mesh)
     return source, cls.make_eval_step(model, source, preprocess, mesh, config.eval_flip_tta,
                                       convs.compiler_options())
 
