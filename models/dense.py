@@ -162,15 +162,16 @@ class UNet(nn.Module):
   valid: bool = True
   dense = True
 
-  def _block(self, x, features, train):
-    k, pad = self.k, 'VALID' if self.valid else 'SAME'
-    for _ in range(2):
-      x = k.conv(features, kernel=3, padding=pad)(x, train)
-    return x
-
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     k = self.k
+    pad = 'VALID' if self.valid else 'SAME'
+
+    def block(x, features, name):  # a local function, not a method: no extra name scope
+      for i in range(2):
+        x = k.conv(features, kernel=3, padding=pad, name=f'{name}_conv{i}')(x, train)
+      return x
+
     size = x.shape[1:3]
     if not self.valid and (size[0] % 2 ** self.depth or size[1] % 2 ** self.depth):
       raise UserError(f'unet (padding=same, depth {self.depth}): input {size[0]}x{size[1]} must '
@@ -190,19 +191,19 @@ class UNet(nn.Module):
     x = x.astype(k.dtype)
     skips = []
     for level in range(self.depth):
-      x = self._block(x, k.width(64 * 2 ** level), train)
+      x = block(x, k.width(64 * 2 ** level), f'down{level}')
       skips.append(x)
       x = layers.pool(x, 'max', 2, 2)
-    x = self._block(x, k.width(64 * 2 ** self.depth), train)
+    x = block(x, k.width(64 * 2 ** self.depth), 'bottom')
     x = nn.Dropout(k.dropout, deterministic=not train)(x)
     for level in reversed(range(self.depth)):
       features = k.width(64 * 2 ** level)
       x = nn.ConvTranspose(features, (2, 2), strides=(2, 2), kernel_init=layers.initializer(k.init),
-                           dtype=k.dtype)(x)
+                           dtype=k.dtype, name=f'upconv{level}')(x)
       skip = _centre_crop(skips[level], x.shape[1], x.shape[2])
-      x = self._block(jnp.concatenate([skip, x], axis=-1), features, train)
+      x = block(jnp.concatenate([skip, x], axis=-1), features, f'up{level}')
     return nn.Conv(self.num_classes, (1, 1), kernel_init=layers.initializer(k.init),
-                   dtype=k.dtype)(x).astype(jnp.float32)
+                   dtype=k.dtype, name='score')(x).astype(jnp.float32)
 
 
 def build_unet(knobs: dict, num_classes: int, dtype: Any) -> UNet:
