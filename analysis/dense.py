@@ -230,7 +230,7 @@ def _maps_png(images, truth, pred, region, classes, maps, names, num_classes, pa
     axes[i, 2].imshow(segmentation.colour(pred[i], num_classes), interpolation='nearest')
     for j, m in enumerate(maps):
       heat = maps[m][i]
-      signed = m in ('grad_x_input', 'integrated_gradients')
+      signed = heat.min() < 0  # Grad-CAM and |attribution| maps are >= 0: one-sided scale
       bound = np.abs(heat).max() or 1.0
       axes[i, 3 + j].imshow(heat, cmap='RdBu_r' if signed else 'inferno',
                             vmin=-bound if signed else 0, vmax=bound)
