@@ -5,6 +5,7 @@ the image), a run trained, evaluated, explained and attacked as a user would, an
 import json
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,6 +44,16 @@ def test_unet_as_published():
   assert len(kernels) == 23
   assert _shape_and_params('unet', (64, 64, 1), 11, padding='same', width_multiplier=0.25)[0] == (
       1, 64, 64, 11)
+
+
+def test_upconv_is_a_transposed_convolution():
+  x = jax.random.normal(jax.random.key(1), (2, 5, 7, 6))
+  ref = nn.ConvTranspose(4, (2, 2), strides=(2, 2))
+  v = ref.init(jax.random.key(0), x)
+  up = dense.UpConv(4, nn.initializers.lecun_normal())
+  assert jax.tree_util.tree_map(jnp.shape, up.init(jax.random.key(0), x)) == \
+      jax.tree_util.tree_map(jnp.shape, v)
+  np.testing.assert_allclose(np.asarray(up.apply(v, x)), np.asarray(ref.apply(v, x)), atol=1e-5)
 
 
 def test_fcn_vgg16_counts():
