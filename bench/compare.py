@@ -41,12 +41,13 @@ def jax_run(model: str, batch: int, steps: int, xla_flags: str, conv: str,
       return json.load(f)
 
 
-def torch_run(python: str, model: str, batch: int, steps: int, preload: str = '') -> dict:
+def torch_run(python: str, model: str, batch: int, steps: int, preload: str = '',
+              script: str = 'pytorch_simplenet.py') -> dict:
   # With tcmalloc, the settings main.py gives itself (no release of freed memory to the OS).
   env = (dict(os.environ, LD_PRELOAD=preload,
               TCMALLOC_RELEASE_RATE=os.environ.get('TCMALLOC_RELEASE_RATE', '0'))
          if preload else None)
-  out = subprocess.run([python, os.path.join(REPO, 'bench', 'pytorch_simplenet.py'),
+  out = subprocess.run([python, os.path.join(REPO, 'bench', script),
                         f'--model={model}', f'--batch_size={batch}', f'--steps={steps}'],
                        check=True, capture_output=True, text=True, env=env).stdout
   return json.loads(out.strip().splitlines()[-1])

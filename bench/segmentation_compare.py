@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 
-from compare import REPO, TCMALLOC
+from compare import REPO, TCMALLOC, torch_run
 
 MODELS = ('fcn8s', 'unet')
 
@@ -28,14 +28,6 @@ def jax_run(model: str, batch: int, steps: int) -> dict:
                     f'--benchmark_steps={steps}'], cwd=REPO, check=True, capture_output=True)
     with open(os.path.join(workdir, 'benchmark.json')) as f:
       return json.load(f)
-
-
-def torch_run(python: str, model: str, batch: int, steps: int) -> dict:
-  env = dict(os.environ, LD_PRELOAD=TCMALLOC, TCMALLOC_RELEASE_RATE='0') if TCMALLOC else None
-  out = subprocess.run([python, os.path.join(REPO, 'bench', 'pytorch_segmentation.py'),
-                        f'--model={model}', f'--batch_size={batch}', f'--steps={steps}'],
-                       check=True, capture_output=True, text=True, env=env).stdout
-  return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -50,7 +42,8 @@ def main() -> None:
   for model in args.models.split(','):
     jx, pt = [], []
     for _ in range(args.rounds):
-      pt.append(torch_run(args.torch_python, model, args.batch_size, args.steps))
+      pt.append(torch_run(args.torch_python, model, args.batch_size, args.steps, TCMALLOC,
+                          'pytorch_segmentation.py'))
       jx.append(jax_run(model, args.batch_size, args.steps))
     j = statistics.median(r['images_per_sec'] for r in jx)
     t = statistics.median(r['images_per_sec'] for r in pt)

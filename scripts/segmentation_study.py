@@ -20,7 +20,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data import segmentation as seg_data  # noqa: E402
 from store import runs  # noqa: E402
-from train import segmentation  # noqa: E402
 
 
 def boundary(masks: np.ndarray, band: int) -> np.ndarray:

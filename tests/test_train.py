@@ -32,7 +32,7 @@ def test_config_argument_sets_fields_and_rejects_unknown_keys():
 # quotes these); a new config file gets a line here.
 SHIPPED_CONFIGS = {'default.py': 311_210, 'simplenet_cifar10.py': 5_498_378,
                    'fashion_mnist_fast.py': 292_298, 'imagenet_resnet50.py': 25_557_032,
-                   'imagenet_simplenet.py': 5_752_808,
+                   'imagenet_simplenet.py': 5_752_808, 'segmentation.py': 316_577,  # FCN-8s
                    'dcgan_fashion_mnist.py': 841_025 + 149_057}  # generator + discriminator
 
 
