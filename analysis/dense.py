@@ -25,14 +25,13 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import attacks
 from analysis import attack as attack_lib
 from analysis import common, visualize
 from analysis import options
 from errors import UserError
-from store import runs
+from store import checkpoints, runs
 from train import segmentation, tasks
 
 IGNORE = segmentation.IGNORE
@@ -43,8 +42,9 @@ DENSE_METHODS = ('gradient', 'grad_x_input', 'smoothgrad', 'integrated_gradients
                  'gradcam_pp')
 
 
-def is_segmentation(config) -> bool:
-  return config.get('task', 'classification') == 'segmentation'
+def is_segmentation(workdir: str) -> bool:
+  """Whether the trained run in `workdir` is a segmentation run (from its config.json)."""
+  return checkpoints.load_config(workdir).get('task', 'classification') == 'segmentation'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,12 +129,6 @@ def default_layer(net, variables, shape) -> str:
   return [n for n, s in spatial if s[0] * s[1] == coarsest][-1]
 
 
-def _pick(run, n: int, seed: int):
-  test = run.test_split()
-  images, masks, idx = common.pick_examples(test.images, test.labels, n, seed)
-  return images, masks, idx
-
-
 def run_explain(workdir: str, o: options.Explain) -> dict:
   """Maps of the chosen methods on `o.num_images` test images; `W/explain/` gets maps.png and
   results.json/.md (per method: the share of |attribution| inside the region; integrated
@@ -153,7 +147,7 @@ def run_explain(workdir: str, o: options.Explain) -> dict:
   other_parts = [p for p in o.parts if p != 'maps']
   if other_parts:
     notes['parts'] = f'{", ".join(other_parts)}: classification runs only; ran maps'
-  images, truth, idx = _pick(run, o.num_images, o.seed)
+  images, truth, idx = common.test_examples(run, o.num_images, o.seed)
   net, variables = run.net, run.variables
   x = jnp.asarray(images, jnp.float32)
   dense = np.asarray(jax.jit(net.logits)(variables, x))
@@ -247,10 +241,10 @@ def _maps_png(images, truth, pred, region, classes, maps, names, num_classes, pa
 
 
 def _mean_pixel_ce(logits, labels):
+  """Per image, the mean cross-entropy of its labelled pixels."""
   labels = segmentation.align(labels, logits)
   valid = labels != IGNORE
-  ce = optax.softmax_cross_entropy_with_integer_labels(
-      logits, jnp.where(valid, labels, 0).astype(jnp.int32))
+  ce = segmentation.pixel_losses(logits, labels)
   return jnp.sum(jnp.where(valid, ce, 0), axis=(1, 2)) / jnp.maximum(valid.sum(axis=(1, 2)), 1)
 
 
@@ -282,10 +276,15 @@ def run_attack(workdir: str, o: options.Attack) -> dict:
   if other:
     notes['parts'] = f'{", ".join(other)}: classification runs only; ran whitebox (PGD)'
   out_dir = common.output_dir(workdir, 'attack')
-  images, masks, idx = _pick(run, o.examples, o.seed)
+  images, masks, idx = common.test_examples(run, o.examples, o.seed)
   eps_list = tuple(o.eps) or attack_lib.default_eps(o.norm, images.shape[-1])
   f = run.net.logits01(run.variables)
-  predict = jax.jit(lambda xa: jnp.argmax(f(xa), -1))
+
+  @jax.jit
+  def predict(xa, yb):  # the predictions and the task's confusion matrix of one batch
+    logits = f(xa)
+    conf = segmentation.ConfusionMatrix.from_model_output(logits=logits, labels=yb).matrix
+    return jnp.argmax(logits, -1), conf
   x_all = images.astype(np.float32) / 255.0
   key = jax.random.key(o.seed)
 
@@ -294,13 +293,10 @@ def run_attack(workdir: str, o: options.Attack) -> dict:
     for s in range(0, len(x_all), o.batch):
       xb, yb = jnp.asarray(x_all[s:s + o.batch]), jnp.asarray(masks[s:s + o.batch])
       xa = adv_fn(xb, yb, jax.random.fold_in(key, s))
-      p = np.asarray(predict(xa))
-      y = np.asarray(segmentation.align(yb, p[..., None]))
-      valid = y != IGNORE
-      c = np.bincount((y[valid].astype(np.int64) * num_classes + p[valid]),
-                      minlength=num_classes ** 2).reshape(num_classes, num_classes)
+      p, c = (np.asarray(a) for a in predict(xa, yb))
       conf = c if conf is None else conf + c
-      obj = valid & (y != target_class)
+      y = np.asarray(segmentation.align(yb, p[..., None]))
+      obj = (y != IGNORE) & (y != target_class)
       hits += int((p[obj] == target_class).sum())
       objects += int(obj.sum())
       preds.append((np.asarray(xa), p))

@@ -26,14 +26,13 @@ def explain(config, workdir: str) -> None:
   """`--mode=explain`: attribution maps and their faithfulness and fragility, projections,
   activation maximization and feature inversion of a trained run, into `W/explain/`."""
   from analysis import dense, explain as explain_lib
-  from store import checkpoints
   util.trained_run_mode('explain', 'explain', config, workdir)
   o = util.from_flags(options.Explain, FLAGS, 'explain_')
   if FLAGS.explain_list_layers:
     for name, shape in explain_lib.list_layers(workdir):
       print(f'{name}  {"x".join(map(str, shape))}')
     return
-  if dense.is_segmentation(checkpoints.load_config(workdir)):
+  if dense.is_segmentation(workdir):
     results = dense.run_explain(workdir, o)
     for what, why in results['notes'].items():
       print(f'explain: {what}: {why}')
@@ -53,10 +52,9 @@ def attack(config, workdir: str) -> None:
   """`--mode=attack`: white-box and black-box robustness, fooling images, a patch, transfer,
   membership inference and reconstruction of a trained run, into `W/attack/`."""
   from analysis import attack as attack_lib, dense
-  from store import checkpoints
   util.trained_run_mode('attack', 'attack', config, workdir)
   o = util.from_flags(options.Attack, FLAGS, 'attack_')
-  if dense.is_segmentation(checkpoints.load_config(workdir)):
+  if dense.is_segmentation(workdir):
     r = dense.run_attack(workdir, o)
     for what, why in r['notes'].items():
       print(f'attack: {what}: {why}')

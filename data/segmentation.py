@@ -244,13 +244,13 @@ def augment(aug_cfg, geometry: bool):
         y = jnp.round(y).astype(masks.dtype)
       pad = int(aug_cfg.crop_padding)
       if pad:
-        both = jnp.concatenate([x.astype(jnp.float32), y[..., None].astype(jnp.float32)], -1)
+        window = (*x.shape[1:-1], x.shape[-1] + 1)  # an example's image and mask channels
         padded = jnp.concatenate([
             jnp.pad(x.astype(jnp.float32), ((0, 0), (pad, pad), (pad, pad), (0, 0))),
             jnp.pad(y[..., None].astype(jnp.float32), ((0, 0), (pad, pad), (pad, pad), (0, 0)),
                     constant_values=IGNORE)], -1)
         offsets = jax.random.randint(k_crop, (n, 2), 0, 2 * pad + 1)
-        both = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), both.shape[1:]))(
+        both = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), window))(
             padded, offsets)
         x, y = both[..., :-1], both[..., -1].astype(masks.dtype)
       if aug_cfg.flip:
