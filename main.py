@@ -5,12 +5,16 @@ mode's own flags are declared there (train/modes.py, data/modes.py, sweeps/modes
 analysis/modes.py, compress/modes.py, gan/modes.py).
 """
 
+import glob
 import os
+import shutil
 import sys
 
+import lifecycle
 from kernels import runtime
 
 if __name__ == '__main__':
+  lifecycle.die_with_launcher()  # a sweep's trial ends with its sweep, however that dies
   runtime.setup_process()  # tcmalloc re-exec, XLA flags, quiet libraries: before JAX loads
 
 from absl import app, flags, logging  # noqa: E402
@@ -40,6 +44,10 @@ MODES = {
     'report': (sweep_modes.report, False, False),
 }
 
+# Modes that read a trained run and write beside it: they share the workdir with each other and
+# are refused while a training run holds it (train and gan hold it alone: train/loop.py).
+READS_RUN = ('eval', 'explain', 'attack', 'shift', 'compress')
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file, optionally with :key=value,... '
                                 'arguments.', lock_config=True)
@@ -58,6 +66,7 @@ flags.DEFINE_integer('process_id', -1, 'Multi-process: index of this process.')
 
 def run(argv) -> int | None:
   del argv
+  logging.get_absl_handler().addFilter(lifecycle.QuietDiskTracebacks())
   fn, needs_config, uses_jax = MODES[FLAGS.mode]
   if needs_config and FLAGS.config is None:
     raise UserError(f'--config is required for --mode={FLAGS.mode}, e.g. '
@@ -70,6 +79,8 @@ def run(argv) -> int | None:
       jax.config.update('jax_persistent_cache_min_compile_time_secs',
                         FLAGS.compilation_cache_min_secs)
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  if FLAGS.mode in READS_RUN and FLAGS.workdir and os.path.isdir(FLAGS.workdir):
+    lifecycle.hold(FLAGS.workdir, FLAGS.mode, exclusive=False)
   return fn(FLAGS.config, FLAGS.workdir)
 
 
@@ -77,7 +88,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing, with every mistake reported as one `error:` line and exit code 2."""
   try:
     rest = FLAGS(argv)
-    FLAGS.config  # noqa: B018  (ml_collections loads the config file on first access)
+    if FLAGS.config is not None:  # ml_collections defers a file that failed to load to the
+      FLAGS.config.keys  # noqa: B018  (first attribute access: make it fail here)
     return rest
   except (UserError, flags.Error) as e:
     message = str(e)
@@ -89,11 +101,32 @@ def parse_flags(argv: list[str]) -> list[str]:
                'keys (see a run\'s workdir/config.json for the full list)')
   except (ValueError, TypeError) as e:
     message = f'bad flag value: {e}'
-  except OSError as e:  # the config file itself: missing or unreadable
-    message = (f'cannot read the config file {e.filename or ""} ({e.strerror or e}); pass an '
-               'existing file, e.g. --config=configs/default.py')
+  except Exception as e:  # noqa: BLE001  (the config file: missing, unreadable, broken)
+    message = _config_file_error(argv, e)
   print(f'error: {message}', file=sys.stderr)
   sys.exit(2)
+
+
+def _config_file_error(argv: list[str], e: Exception) -> str:
+  """ml_collections reports a config file it cannot load in several ways (an OSError without
+  overrides, an ImportError or a SyntaxError from the file): one line naming the file."""
+  given = [a.split('=', 1)[1] for a in argv if a.startswith('--config=')]
+  path = given[0].split(':')[0] if given else '(none)'
+  if not os.path.isfile(path):
+    return (f'config file {path} not found; pass an existing file, e.g. '
+            '--config=configs/default.py')
+  first = (str(e).strip().splitlines() or [''])[0]
+  return f'cannot load the config file {path} ({type(e).__name__}: {first})'
+
+
+def _remove_partial_checkpoints(workdir: str | None) -> None:
+  """Checkpoint folders a failed save left half-written (orbax names them *.orbax-checkpoint-
+  tmp-*), in the run and in the runs a mode trains inside it (compress stages)."""
+  if not workdir:
+    return
+  for pattern in ('checkpoints', '*/checkpoints', '*/*/checkpoints'):
+    for tmp in glob.glob(os.path.join(workdir, pattern, '*.orbax-checkpoint-tmp*')):
+      shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv) -> None:
@@ -102,6 +135,21 @@ def main(argv) -> None:
   except UserError as e:
     logging.flush()
     print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  except lifecycle.Stopped as e:
+    logging.flush()
+    print(str(e), file=sys.stderr)
+    sys.exit(lifecycle.STOPPED_EXIT)
+  except Exception as e:  # noqa: BLE001
+    failure = lifecycle.disk_error(e)
+    if failure is None:
+      raise
+    logging.flush()
+    _remove_partial_checkpoints(FLAGS.workdir)
+    what, path = failure
+    print(f'error: cannot write {path or FLAGS.workdir or "the output"}: {what}; free space or '
+          'fix the permissions, then rerun the same command (it resumes from the last '
+          'complete checkpoint)', file=sys.stderr)
     sys.exit(2)
   sys.exit(code or 0)
 

@@ -66,6 +66,21 @@ def check_workdir(workdir: str) -> None:
                     'write to') from None
 
 
+# A run's own folders: a mode's outputs never go there (they would mix with, or overwrite,
+# what training wrote).
+RUN_FOLDERS = ('checkpoints', 'tensorboard')
+
+
+def check_output_folder(flag: str, name: str) -> None:
+  """A mode's output folder option: a new folder name inside the workdir, not the workdir
+  itself, not above it, not inside the run's checkpoints/ or tensorboard/."""
+  parts = os.path.normpath(name or '.').split(os.sep)
+  if os.path.isabs(name or '') or parts[0] in ('.', '..') or '..' in parts or \
+      parts[0] in RUN_FOLDERS:
+    raise UserError(f'{flag} must name a new folder inside the workdir (not the workdir itself, '
+                    f'not {" or ".join(f + "/" for f in RUN_FOLDERS)}), got {name!r}')
+
+
 # ----------------------------------------------------------------------------- mode options
 # A mode's options are a dataclass (e.g. analysis/options.py) whose fields carry their default
 # and help; `define_flags` declares the absl flags from it and `from_flags` reads them back,
@@ -82,6 +97,17 @@ def option(default: Any, help: str, flag: str | None = None, parse: Callable | N
 def _flag_name(field, prefix: str) -> str:
   name = field.metadata.get('flag')
   return prefix + field.name if name is None else name
+
+
+def check_positive(options, names, prefix: str, minimum: int = 1) -> None:
+  """A UserError naming the absl flag (not the field) of the first of `names` below
+  `minimum` in a mode's options dataclass."""
+  fields = {f.name: f for f in dataclasses.fields(options)}
+  for name in names:
+    if getattr(options, name) < minimum:
+      flag = _flag_name(fields[name], prefix)
+      what = 'positive' if minimum == 1 else f'at least {minimum}'
+      raise UserError(f'--{flag} must be {what}, got {getattr(options, name)}')
 
 
 def define_flags(cls, mode: str, prefix: str) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 from absl import logging
 
 import attacks
+import util
 from analysis import common, options, privacy, visualize
 from data import datasets
 from errors import UserError
@@ -44,13 +45,19 @@ def check_options(o: Options, workdir: str) -> None:
     raise UserError(f'unknown attack part(s) {", ".join(unknown)}; use {", ".join(PARTS)}')
   for e in o.eps:
     attacks.check(e, o.norm, o.loss)
+  util.check_positive(o, ('pgd_steps', 'restarts', 'examples', 'batch', 'apgd_steps',
+                          'apgd_targets', 'square_queries', 'fooling_steps', 'patch_steps',
+                          'membership_examples'), 'attack_')
   attacks.check(0.0, o.norm, o.loss, o.pgd_steps, o.restarts)
-  for name in ('examples', 'batch', 'apgd_steps', 'apgd_targets', 'square_queries',
-               'fooling_steps', 'patch_steps', 'membership_examples'):
-    if getattr(o, name) < 1:
-      raise UserError(f'--attack_{name} must be positive, got {getattr(o, name)}')
   cfg = checkpoints.load_config(workdir)
   info = datasets.info(cfg.dataset)
+  # Radii are in pixel units of images in [0, 1]: beyond the cube's size every image is
+  # reachable (L-inf 1; L2 the cube's diagonal), so a larger eps is a unit mistake (8 for 8/255).
+  widest = 1.0 if o.norm == 'linf' else float(np.sqrt(np.prod(info.shape)))
+  too_wide = [e for e in o.eps if e > widest]
+  if too_wide:
+    raise UserError(f'--attack_eps={too_wide[0]:g} is beyond {widest:g}, the widest {o.norm} '
+                    'radius for images in [0, 1]; give radii in [0, 1] pixel units, e.g. 8/255')
   if not 0 <= o.patch_target < info.num_classes:
     raise UserError(f'--attack_patch_target must be a class index below {info.num_classes}, '
                     f'got {o.patch_target}')

@@ -9,14 +9,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
+import lifecycle
 import util
 from errors import UserError
 
 
 def output_dir(workdir: str, mode: str) -> str:
-  """`W/<mode>/`, created; every file a mode writes goes there."""
+  """`W/<mode>/`, created and held by this process (a second process writing the same folder
+  is refused); every file a mode writes goes there."""
   path = os.path.join(workdir, mode)
-  os.makedirs(path, exist_ok=True)
+  lifecycle.hold(path, os.path.basename(mode))
   return path
 
 

@@ -39,12 +39,10 @@ def check_options(o: Options) -> None:
   bad = [p for p in o.parts if p not in PARTS]
   if bad:
     raise UserError(f'unknown explain part {bad[0]!r}; choose from {", ".join(PARTS)}')
-  for name in ('num_images', 'ig_steps', 'smoothgrad_samples', 'occlusion_size',
-               'occlusion_stride', 'maximize_steps', 'invert_steps', 'invert_images'):
-    if getattr(o, name) <= 0:
-      raise UserError(f'--explain_{name} must be positive, got {getattr(o, name)}')
-  if o.ig_steps < 2:
-    raise UserError(f'--explain_ig_steps must be at least 2, got {o.ig_steps}')
+  util.check_positive(o, ('num_images', 'ig_steps', 'smoothgrad_samples', 'occlusion_size',
+                          'occlusion_stride', 'maximize_steps', 'invert_steps', 'invert_images'),
+                      'explain_')
+  util.check_positive(o, ('ig_steps',), 'explain_', minimum=2)
 
 
 def _method_fns(o: Options, mean, layer: str | None, noise):

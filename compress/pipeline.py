@@ -54,8 +54,7 @@ def check_options(o: Options, params) -> dict:
       raise UserError(f'--compress_{name} must be >= 0, got {v}')
   if o.lr_scale <= 0 or o.finetune_lr_scale <= 0:
     raise UserError('--compress_lr_scale and --compress_finetune_lr_scale must be positive')
-  if not o.out or os.path.isabs(o.out) or '..' in o.out.split(os.sep):
-    raise UserError(f'--compress_out must be a folder name inside the workdir, got {o.out!r}')
+  util.check_output_folder('--compress_out', o.out)
   if o.calibration < 1:
     raise UserError(f'--compress_calibration must be positive, got {o.calibration}')
   sparsity = prune.parse_spec(o.sparsity, '--compress_sparsity', params)

@@ -76,8 +76,8 @@ def info(ds_cfg) -> DatasetInfo:
 
 
 def _raw_info(ds_cfg) -> DatasetInfo:
-  for key in ('train_size', 'test_size', 'train_offset'):
-    if ds_cfg[key] < 0:
+  for key in ('train_size', 'test_size', 'train_offset', 'num_workers', 'prefetch_batches'):
+    if ds_cfg.get(key, 0) < 0:
       raise UserError(f'dataset.{key} must be >= 0, got {ds_cfg[key]}')
   if ds_cfg.synthetic_size <= 0:
     raise UserError(f'dataset.synthetic_size must be positive, got {ds_cfg.synthetic_size}')
@@ -118,6 +118,10 @@ def _shape(text: str, any_rank: bool = False) -> tuple[int, ...]:
 
 def _folder_info(ds_cfg) -> DatasetInfo:
   folder = image_io.scan_folder(os.path.abspath(ds_cfg.data_dir) if ds_cfg.data_dir else '')
+  if len(folder.class_names) < 2:
+    raise UserError(f'{ds_cfg.data_dir}/train has {len(folder.class_names)} class folder(s) '
+                    f'({", ".join(folder.class_names) or "none"}); a classifier needs at least 2 '
+                    '(one sub-folder of images per class)')
   shape = _shape(ds_cfg.image_shape) if ds_cfg.image_shape else image_io.folder_shape(folder)
   return DatasetInfo('folder', shape, len(folder.class_names), test_split='val',
                      class_names=folder.class_names, num_train=len(folder.files['train']))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import time
 
 import grain
@@ -26,6 +27,7 @@ import numpy as np
 from absl import flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+import lifecycle
 from data import augment, datasets
 from errors import UserError
 
@@ -80,6 +82,13 @@ def _stack(items):
   return tuple(np.stack([it[f] for it in items]) for f in range(len(items[0])))
 
 
+def _end_with(parent: int, worker_index: int, worker_count: int) -> None:
+  """A grain worker ends when the training process does, however that dies (kill -9 too):
+  otherwise it would live on, holding its memory (and multiprocessing's resource tracker)."""
+  del worker_index, worker_count
+  lifecycle.die_with_parent(parent, signal.SIGKILL)
+
+
 def _iter_dataset(dataset: grain.MapDataset, local: int, ds_cfg) -> grain.IterDataset:
   """Reads ahead `prefetch_batches` batches: with threads over examples (PIL releases the GIL
   while decoding), or with `num_workers` processes over whole batches (a worker takes every
@@ -90,7 +99,8 @@ def _iter_dataset(dataset: grain.MapDataset, local: int, ds_cfg) -> grain.IterDa
       flags.FLAGS.mark_as_parsed()
     ds = dataset.batch(local, batch_fn=_stack).to_iter_dataset(
         grain.ReadOptions(num_threads=1, prefetch_buffer_size=ahead))
-    return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(ds_cfg.num_workers)))
+    return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(ds_cfg.num_workers)),
+                          worker_init_fn=functools.partial(_end_with, os.getpid()))
   # More threads than cores only contend for the GIL (16 threads read 64x64 PNGs at half the
   # rate of 2 on a 2-core machine, bench/pipeline.py); worker processes scale past that.
   threads = max(1, min(8, os.cpu_count() or 1, local))

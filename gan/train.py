@@ -31,6 +31,7 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 
+import lifecycle
 import util
 from analysis import common
 from data import datasets
@@ -184,6 +185,7 @@ def validate(config, workdir: str) -> datasets.DatasetInfo:
   runs.check_run(g.classifier, 'gan.classifier', info.shape, info.num_classes, what='this GAN')
   datasets.resolve_source(config.dataset)
   util.check_workdir(workdir)
+  lifecycle.hold(workdir, 'gan')  # one writer per workdir
   checkpoints.check_resumable(config, workdir, ('num_train_steps', 'log_every_steps'),
                               what='another GAN run', classifier=False)
   return info
@@ -222,7 +224,13 @@ class Evaluator:
 
 
 def train(config, workdir: str) -> dict:
-  """Trains (resuming) the GAN of `config` in `workdir` and writes `W/gan/`; returns results."""
+  """Trains (resuming) the GAN of `config` in `workdir` and writes `W/gan/`; returns results.
+  SIGTERM/SIGINT save the current step and end with lifecycle.Stopped."""
+  with lifecycle.stop_on_signals() as stop:
+    return _train(config, workdir, stop)
+
+
+def _train(config, workdir: str, stop: lifecycle.StopRequest) -> dict:
   info = validate(config, workdir)
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json(indent=2))
@@ -234,9 +242,16 @@ def train(config, workdir: str) -> dict:
   state = jax.device_put(gan.init(jax.random.key(config.seed)), device)
   mngr = checkpoints.manager(workdir, config.keep_checkpoints)
   meta = {'history': [], 'train_time_s': 0.0}
-  if mngr.latest_step() is not None:
-    restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
+
+  def read(step: int):
+    restored = mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(state), meta=ocp.args.JsonRestore()))
+    checkpoints.verify(restored.state, restored.meta)
+    return restored
+
+  resumed, restored = checkpoints.restore_newest(str(mngr.directory), mngr.all_steps(), read,
+                                                 mngr)
+  if resumed is not None:
     state, meta = restored.state, restored.meta
     logging.info('Resumed the GAN from %s at step %d.', mngr.directory, int(state.step))
   step_fn = gan.step_fn(jax.device_put(train_split.images, device),
@@ -278,11 +293,18 @@ def train(config, workdir: str) -> dict:
       writer.write_scalars(step, {'gan/frechet_distance': ev['frechet_distance'],
                                   'gan/generated_accuracy': ev['generated_accuracy']})
       t_mark = time.time()
-    if step % config.checkpoint_every_steps == 0 or step == total:
+    if step % config.checkpoint_every_steps == 0 or step == total or stop.requested:
       meta['train_time_s'] = time_base + time.time() - session_start
+      meta['checksums'] = checkpoints.checksums(state)
       mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                               meta=ocp.args.JsonSave(meta)), force=True)
       t_mark = time.time()
+    if stop.requested and step < total:
+      mngr.wait_until_finished()
+      mngr.close()
+      writer.close()
+      raise lifecycle.Stopped(f'stopped by {stop.signal_name} at step {step}/{total}: checkpoint '
+                              f'saved in {mngr.directory}; rerun the same command to resume')
   mngr.wait_until_finished()
   mngr.close()
   writer.close()

@@ -141,9 +141,9 @@ def load_run(workdir: str, step: int | None = None) -> Run:
   Runs saved before the preprocessing was recorded still load: the statistics are recomputed
   from the training set (the same computation the run did), and a warning says so once."""
   config = checkpoints.load_config(workdir)
-  step, _ = checkpoints.step_dir(workdir, step)
+  step, state, meta = checkpoints.restore_run(workdir, step)
   info = datasets.info(config.dataset)
-  saved = checkpoints.load_meta(workdir, step).get('run')
+  saved = meta.get('run')
   if saved:
     preprocess = augment.Preprocess.from_json(saved['preprocess'])
     dataset = saved['dataset']
@@ -155,7 +155,6 @@ def load_run(workdir: str, step: int | None = None) -> Run:
     dataset = datasets.identity(config.dataset, info, len(train.labels), -1)
   convs = convolutions_lib.select(config.conv_impl, config.conv_algorithm)
   model = build(config, info.num_classes, config.dtype, convolutions=convs)
-  state = checkpoints.load_checkpoint(workdir, step)
   uses_ema = bool(jax.tree_util.tree_leaves(state.get('ema_params', {})))
   variables = {'params': state['ema_params'] if uses_ema else state['params'],
                'batch_stats': state.get('batch_stats', {})}

@@ -19,11 +19,16 @@ import threading
 import time
 from typing import Sequence
 
-from errors import UserError
+import lifecycle
 import util
+from errors import UserError
 from sweeps import expand, report, runner
 
 SLURM_KEYS = ('partition', 'time', 'cpus', 'gpus', 'mem', 'args')
+# SLURM warns each array task this long before its time limit (SIGUSR1): the trainer saves a
+# checkpoint and the task requeues itself to resume (sweeps/runner.py). --slurm_args can
+# override it ('--signal=B:USR1@600'); sbatch's command line wins over the script's lines.
+SIGNAL_AHEAD_S = 120
 
 
 @dataclasses.dataclass
@@ -98,6 +103,7 @@ def run_sweep(config_args: Sequence[str], workdir: str, sweep_flags: Sequence[st
     return 0
   slurm = slurm_from_file(config_args, slurm or Slurm()) if launcher == 'slurm' else None
   workdir = os.path.abspath(workdir)
+  lifecycle.hold(workdir, 'sweep')  # one launcher per sweep directory
   dirs = []
   for t in trials:
     d = os.path.join(trials_dir(workdir), t.name)
@@ -155,8 +161,9 @@ def summarize(workdir: str, dirs: Sequence[str], outcome: dict[str, str]) -> int
 def run_local(dirs: Sequence[str], parallel: int) -> dict[str, str]:
   """Runs the trials `parallel` at a time, each in its own training process.
 
-  SIGTERM (a batch system stopping the sweep, `kill`) stops the running trials too, so none
-  is left training unsupervised; they resume on the next run.
+  SIGTERM or SIGINT (a batch system stopping the sweep, `kill`, Ctrl-C) stops the running
+  trials too: each saves a checkpoint and resumes on the next run. If this process dies without
+  a word (kill -9), its trials get SIGTERM from the kernel (lifecycle.child_env).
   """
   lock, finished, stopping = threading.Lock(), [0], threading.Event()
 
@@ -165,6 +172,7 @@ def run_local(dirs: Sequence[str], parallel: int) -> dict[str, str]:
     runner.forward_signal(signum, frame)
 
   previous = signal.signal(signal.SIGTERM, on_term)
+  previous_int = signal.signal(signal.SIGINT, on_term)
 
   def one(d: str) -> str:
     name = os.path.basename(d)
@@ -190,6 +198,7 @@ def run_local(dirs: Sequence[str], parallel: int) -> dict[str, str]:
       return dict(zip(dirs, pool.map(one, dirs)))
   finally:
     signal.signal(signal.SIGTERM, previous)
+    signal.signal(signal.SIGINT, previous_int)
 
 
 # ----------------------------------------------------------------------------- SLURM
@@ -206,6 +215,9 @@ def array_script(dirs: Sequence[str], workdir: str, parallel: int, slurm: Slurm)
       f'#SBATCH --array=0-{len(dirs) - 1}{throttle}',
       f'#SBATCH --output={logs}',
       f'#SBATCH --chdir={runner.REPO}',
+      f'#SBATCH --signal=B:USR1@{SIGNAL_AHEAD_S}',
+      '#SBATCH --requeue',
+      '#SBATCH --open-mode=append',
       *slurm.sbatch_lines(),
       '# One trial per task; the runner records its outcome in the trial directory.',
       f'TRIALS=(\n{trials}\n)',

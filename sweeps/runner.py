@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 
+import lifecycle
 from util import read_json, write_json  # noqa: F401  (the trial files' readers use them too)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,6 +110,17 @@ def run_trial(trial_dir: str) -> str:
     return _run_locked(trial, trial_dir)
 
 
+def _wait_for_holder(trial_dir: str, log) -> None:
+  """A trainer of an earlier launch may still hold the trial (its sweep was killed and it is
+  saving, or it was started by hand): wait for it to end, then resume, never run two."""
+  holder = lifecycle.holder(trial_dir)
+  if holder:
+    log.write(f'=== waiting for {holder}, which still trains this trial\n')
+    log.flush()
+  while lifecycle.holder(trial_dir):
+    time.sleep(1.0)
+
+
 def _run_locked(trial: dict, trial_dir: str) -> str:
   started = time.time()
   where = {k.lower(): os.environ[k] for k in SLURM_VARS if k in os.environ}
@@ -119,10 +131,13 @@ def _run_locked(trial: dict, trial_dir: str) -> str:
   cmd = command(trial, trial_dir)
   log_path = os.path.join(trial_dir, LOG)
   with open(log_path, 'a') as log:
+    _wait_for_holder(trial_dir, log)
     log.write(f'=== {status["started"]} on {status["host"]}: {shlex.join(cmd)}\n')
     log.flush()
     start = log.tell()
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    # lifecycle.child_env: the trainer gets SIGTERM (and saves) if this process dies.
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                            env=lifecycle.child_env())
     _children.append(proc)
     code = proc.wait()
     _children.remove(proc)
@@ -132,6 +147,11 @@ def _run_locked(trial: dict, trial_dir: str) -> str:
   elapsed = round(time.time() - started, 1)
   if code == 0 and is_finished(trial_dir):
     final = {'state': 'done'}
+  elif code == lifecycle.STOPPED_EXIT:
+    final = {'state': 'interrupted', 'error': _error_from_log(output)}
+    if _requeue and requeue_slurm_task():
+      final = {'state': 'queued', 'error': 'requeued before the SLURM time limit; resumes from '
+               'its checkpoint'}
   elif code < 0 or output.rstrip().endswith('KeyboardInterrupt'):
     final = {'state': 'interrupted', 'error': f'stopped by signal {-code if code < 0 else "SIGINT"}'}
   else:
@@ -142,16 +162,39 @@ def _run_locked(trial: dict, trial_dir: str) -> str:
 
 # Training children of this process, for forward_signal.
 _children: list[subprocess.Popen] = []
+_requeue: list[bool] = []  # non-empty once SLURM warned of the time limit (SIGUSR1)
 
 
 def forward_signal(signum, frame) -> None:
-  """SIGTERM handler: pass the signal on to the training children, so they stop at once and
-  their status says 'interrupted' (resumable from the last checkpoint). SLURM sends it at a
-  task's time limit and on scancel."""
-  del frame
+  """SIGTERM/SIGINT handler: send SIGTERM to the training children, which save a checkpoint
+  and exit (lifecycle.STOPPED_EXIT); their status says 'interrupted' and they resume on the
+  next launch. Always SIGTERM: a trainer may get the original signal too (Ctrl-C reaches the
+  terminal's whole process group, scancel every process of the job), and only a second SIGINT
+  would stop it before it saves. SLURM sends SIGTERM on scancel and at preemption."""
+  del signum, frame
   for proc in list(_children):
     if proc.poll() is None:
-      proc.send_signal(signum)
+      proc.send_signal(signal.SIGTERM)
+
+
+def before_time_limit(signum, frame) -> None:
+  """SIGUSR1, which the array script asks SLURM to send ahead of the time limit (--signal):
+  the trainer saves and stops, and this task is requeued to resume it."""
+  _requeue.append(True)
+  forward_signal(signum, frame)
+
+
+def requeue_slurm_task() -> bool:
+  """Puts this SLURM array task back in the queue (the script says --requeue)."""
+  job = os.environ.get('SLURM_ARRAY_JOB_ID')
+  task = os.environ.get('SLURM_ARRAY_TASK_ID')
+  target = f'{job}_{task}' if job and task else os.environ.get('SLURM_JOB_ID')
+  if not target:
+    return False
+  proc = subprocess.run(['scontrol', 'requeue', target], capture_output=True, text=True)
+  if proc.returncode != 0:
+    print(f'scontrol requeue {target} failed: {proc.stderr.strip()}', file=sys.stderr)
+  return proc.returncode == 0
 
 
 def main(argv: list[str]) -> int:
@@ -160,9 +203,11 @@ def main(argv: list[str]) -> int:
     print('usage: python -m sweeps.runner TRIAL_DIR', file=sys.stderr)
     return 2
   signal.signal(signal.SIGTERM, forward_signal)
+  signal.signal(signal.SIGINT, forward_signal)
+  signal.signal(signal.SIGUSR1, before_time_limit)
   outcome = run_trial(argv[1])
   print(f'trial {argv[1]}: {outcome}')
-  return 0 if outcome in ('done', 'skipped', 'busy') else 1
+  return 0 if outcome in ('done', 'skipped', 'busy', 'queued') else 1
 
 
 if __name__ == '__main__':

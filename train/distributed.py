@@ -11,6 +11,7 @@ import os
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
@@ -57,6 +58,14 @@ def replicate_tree(tree, m: Mesh):
   """A pytree of host (or single-device) arrays -> global arrays copied to every device."""
   rep = replicated(m)
   return jax.tree_util.tree_map(lambda a: put_replicated(np.asarray(a), rep), tree)
+
+
+def any_process(flag: bool) -> bool:
+  """Whether `flag` is true on any process (a blocking all-gather: call it where the processes
+  already wait for each other)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
 
 
 def is_main_process() -> bool:

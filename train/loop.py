@@ -22,6 +22,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
+import lifecycle
 import models
 import util
 from data import augment, datasets, sources, streaming
@@ -76,6 +77,8 @@ def validate(config: ml_collections.ConfigDict, workdir: str,
     datasets.pipeline(config.dataset, info)
   util.check_workdir(workdir)
   if need_data:
+    if distributed.is_main_process():  # one writer per workdir: a second run is refused here
+      lifecycle.hold(workdir, 'train')
     checkpoints.check_resumable(config, workdir, RESUMABLE_CHANGES)
   return info
 
@@ -171,14 +174,23 @@ def setup(config, train, test, info: datasets.DatasetInfo,
 
 
 def restore(exp: Experiment, mngr: ocp.CheckpointManager, meta: dict) -> dict:
-  """Loads the latest checkpoint into `exp.state`, if there is one; returns its meta."""
-  if mngr.latest_step() is None:
-    return meta
-  items = {'state': ocp.args.StandardRestore(exp.state), 'meta': ocp.args.JsonRestore()}
+  """Loads the newest usable checkpoint into `exp.state`, if there is one (unreadable ones and
+  ones failing their checksums are set aside, store.checkpoints.restore_newest); returns its
+  meta."""
   iterator = exp.train_source.iterator
-  if iterator is not None:  # the streaming pipeline's position, saved with the state
-    items['data'] = grain.checkpoint.CheckpointRestore(iterator)
-  restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(**items))
+
+  def read(step: int):
+    items = {'state': ocp.args.StandardRestore(exp.state), 'meta': ocp.args.JsonRestore()}
+    if iterator is not None:  # the streaming pipeline's position, saved with the state
+      items['data'] = grain.checkpoint.CheckpointRestore(iterator)
+    restored = mngr.restore(step, args=ocp.args.Composite(**items))
+    checkpoints.verify(restored.state, restored.meta)
+    return restored
+
+  step, restored = checkpoints.restore_newest(str(mngr.directory), mngr.all_steps(), read,
+                                              mngr)
+  if step is None:
+    return meta
   exp.state = restored.state
   if iterator is not None:
     exp.train_source.restored(int(exp.state.step))
@@ -198,8 +210,12 @@ def _fmt_time(seconds: float) -> str:
 class Session:
   """The mutable side of one training process: checkpoints, timers, logs."""
 
-  def __init__(self, exp: Experiment, workdir: str, meta: dict, mngr, writer, t_start: float):
+  def __init__(self, exp: Experiment, workdir: str, meta: dict, mngr, writer, t_start: float,
+               stop: lifecycle.StopRequest | None = None):
     self.exp, self.workdir, self.meta, self.mngr, self.writer = exp, workdir, meta, mngr, writer
+    self.stop = stop or lifecycle.StopRequest()
+    self.saved_step = mngr.latest_step()
+    self.stopping = False
     self.t_start, self.time_base = t_start, meta['train_time_s']
     self.wait_base = meta.get('input_wait_s', 0.0)
     self.lr_fn = optim.learning_rate_schedule(exp.config, exp.steps_per_epoch, exp.total_steps)
@@ -210,6 +226,16 @@ class Session:
                         if exp.diagnostics_step else None)
     if self.diagnostics:
       meta['diagnostics'] = self.diagnostics.history
+
+  def should_stop(self, synced: bool) -> bool:
+    """Whether a stop signal asks to end now. One process checks after every step; several
+    agree at the steps where they already wait for the devices (`synced`: the log steps), so
+    they all save the same step."""
+    if jax.process_count() == 1:
+      self.stopping = self.stop.requested
+    elif synced:
+      self.stopping = distributed.any_process(self.stop.requested)
+    return self.stopping
 
   def elapsed(self) -> float:
     return self.time_base + time.time() - self.t_start
@@ -235,11 +261,13 @@ class Session:
       self.diagnostics.flush(self.writer)
     self.meta['train_time_s'] = self.elapsed()
     self.meta['input_wait_s'] = self.input_wait()
+    self.meta['checksums'] = checkpoints.checksums(self.exp.state)
     items = {'state': ocp.args.StandardSave(self.exp.state), 'meta': ocp.args.JsonSave(self.meta)}
     iterator = self.exp.train_source.iterator
     if iterator is not None:
         items['data'] = grain.checkpoint.CheckpointSave(iterator)
     self.mngr.save(step, args=ocp.args.Composite(**items), force=True)
+    self.saved_step = step
 
   def log_train(self, step: int, values: dict[str, float], images: int, seconds: float) -> None:
     exp = self.exp
@@ -279,9 +307,12 @@ def train_epoch(session: Session, step: int) -> int:
       jax.block_until_ready(exp.state)
       session.meta['compile_time_s'] = time.time() - t_mark
       t_mark, session.first = time.time(), False
+      if session.should_stop(synced=False):
+        break
       continue
     images += config.batch_size
-    if step % config.log_every_steps == 0 or step == epoch_end:
+    synced = step % config.log_every_steps == 0 or step == epoch_end
+    if synced:
       values = {k: float(v) for k, v in metrics.compute().items()}  # waits for the steps
       now = time.time()
       session.log_train(step, values, images, now - t_mark)
@@ -292,6 +323,8 @@ def train_epoch(session: Session, step: int) -> int:
     if step % ckpt_every == 0 and step != exp.total_steps:
       session.save(step)
       t_mark = time.time()
+    if session.should_stop(synced):
+      break
   return step
 
 
@@ -395,6 +428,22 @@ def load_data(config, info: datasets.DatasetInfo):
   return train, datasets.Examples(config.dataset, info, 'test'), train.preprocess()
 
 
+def stop_here(session: Session, step: int, writer) -> None:
+  """A stop signal arrived: the state of `step` is saved (with the streaming position) and
+  the run ends with lifecycle.Stopped, whose line says how to resume."""
+  if step > 0 and session.saved_step != step:
+    session.save(step)
+  session.mngr.wait_until_finished()
+  session.mngr.close()
+  session.exp.train_source.close()
+  if writer:
+    writer.close()
+  where = (f'checkpoint of step {step} saved in {session.mngr.directory}' if step > 0 else
+           'nothing to save yet (step 0)')
+  raise lifecycle.Stopped(f'stopped by {session.stop.signal_name} at step {step}/'
+                          f'{session.exp.total_steps}: {where}; rerun the same command to resume')
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, wrap_tx=None,
                        init_variables: dict | None = None) -> dict:
   """Trains and evaluates `config` in `workdir`, resuming from its latest checkpoint.
@@ -403,6 +452,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, wrap_tx=
   Returns the dict also written to `workdir/results.json`.
   """
   t_start = time.time()
+  lock_held = workdir and lifecycle.is_held(workdir)
+  try:
+    with lifecycle.stop_on_signals() as stop:
+      return _train(config, workdir, wrap_tx, init_variables, t_start, stop)
+  finally:
+    if not lock_held:
+      lifecycle.release(workdir)
+
+
+def _train(config, workdir: str, wrap_tx, init_variables, t_start: float,
+           stop: lifecycle.StopRequest) -> dict:
   info = validate(config, workdir)
   main_proc = distributed.is_main_process()
   if main_proc:
@@ -438,7 +498,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, wrap_tx=
                  f'{exp.num_params:,}', info.name, len(train), len(test),
                  exp.steps_per_epoch, exp.total_steps, jax.device_count(),
                  exp.convolutions.impl, runtime.malloc(), type(exp.train_source).__name__)
-  session = Session(exp, workdir, meta, mngr, writer, t_start)
+  session = Session(exp, workdir, meta, mngr, writer, t_start, stop)
   step = int(exp.state.step)
   # An epoch's checkpoint is written before its evaluation: a run stopped in between resumes
   # without that point of the curve, so it is evaluated again (the same state, the same number).
@@ -454,8 +514,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, wrap_tx=
       return json.load(f)
   while step < exp.total_steps:
     step = train_epoch(session, step)
+    if session.stopping and step < exp.total_steps:  # the last step finishes normally
+      break
     if step == exp.total_steps or eval_due(exp, step):
       evaluate_now(session, step)
+  if step < exp.total_steps:
+    stop_here(session, step, writer)
   if mngr.latest_step() != exp.total_steps:
     session.save(exp.total_steps)
   mngr.wait_until_finished()
