@@ -111,7 +111,7 @@ def _config_file_error(argv: list[str], e: Exception) -> str:
   """ml_collections reports a config file it cannot load in several ways (an OSError without
   overrides, an ImportError or a SyntaxError from the file): one line naming the file."""
   given = [a.split('=', 1)[1] for a in argv if a.startswith('--config=')]
-  path = given[0].split(':')[0] if given else '(none)'
+  path = given[-1].split(':')[0] if given else '(none)'  # absl keeps the last
   if not os.path.isfile(path):
     return (f'config file {path} not found; pass an existing file, e.g. '
             '--config=configs/default.py')

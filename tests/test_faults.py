@@ -347,3 +347,22 @@ def test_an_image_folder_with_one_class_is_refused(tmp_path):
                    f'--config.dataset.data_dir={root}', f'--workdir={tmp_path / "w"}'],
                   check=False)
   _one_error_line(proc, 'has 1 class folder(s) (class0); a classifier needs at least 2')
+
+
+def test_the_gan_mode_stops_on_sigterm_with_a_checkpoint_and_resumes(small_trained_net, tmp_path):
+  from test_gan import GAN, _gan_args
+  work, log = str(tmp_path / 'gan'), str(tmp_path / 'log')
+  args = _gan_args(work, small_trained_net[0], num_train_steps=10**6,
+                   checkpoint_every_steps=10**5, **{'gan.eval_every_steps': 10**5})
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  proc = subprocess.Popen([sys.executable, 'main.py', f'--config={GAN}', *args], cwd=REPO,
+                          env=env, stdout=open(log, 'w'), stderr=subprocess.STDOUT)
+  wait_for(log, 'step 10/', proc)
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=120) == lifecycle.STOPPED_EXIT
+  (step,) = checkpoints.saved_steps(work)
+  assert step >= 10 and f'stopped by SIGTERM at step {step}/' in open(log).read()
+  finish = _gan_args(work, small_trained_net[0], num_train_steps=step + 2,
+                     checkpoint_every_steps=10**5, **{'gan.eval_every_steps': 10**5})
+  resumed = run_main(finish, config=GAN)
+  assert f'at step {step}.' in resumed.stderr

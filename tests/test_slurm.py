@@ -83,3 +83,46 @@ def test_two_trial_sweep_runs_through_sbatch_and_reports(tmp_path, slurm_env):
                          timeout=300)
   assert 'Summary: 0 done, 0 failed, 2 skipped (2 trials)' in again.stdout, again.stdout
   assert 'Submitted' not in again.stdout
+
+
+def test_a_task_warned_of_its_time_limit_saves_requeues_itself_and_resumes(tmp_path, slurm_env):
+  """SLURM's warning ahead of the time limit (the script's --signal=B:USR1@...), sent here by
+  hand: the trainer saves, the runner requeues its task, and the task resumes to the end."""
+  import re
+  import time
+  work = tmp_path / 'sweep'
+  command = [sys.executable, 'main.py', '--mode=sweep', '--launcher=slurm', '--parallel=0',
+             '--slurm_cpus=1', '--slurm_time=00:10:00', f'--config={REPO}/configs/default.py',
+             *overrides(dataset__synthetic_size=2048, num_train_steps=1500, log_every_steps=10),
+             f'--workdir={work}', '--sweep=seed=0']
+  proc = subprocess.run([*command, '--noslurm_wait'], cwd=REPO, env=slurm_env,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  job = re.search(r'Submitted SLURM job array (\d+)', proc.stdout).group(1)
+  script = next((work / 'slurm').glob('*.sh')).read_text()
+  assert '#SBATCH --signal=B:USR1@120\n' in script and '#SBATCH --requeue\n' in script
+  log = work / 'trials' / 'seed=0' / 'log.txt'
+  end = time.time() + 180
+  while time.time() < end and not (log.exists() and 'step 20/' in log.read_text()):
+    time.sleep(0.5)
+  signal = subprocess.run(['scancel', '--batch', '--signal=USR1', f'{job}_0'], env=slurm_env,
+                          capture_output=True, text=True)
+  assert signal.returncode == 0, signal.stderr
+  # SLURM holds a requeued task ~2.5 minutes (its BeginTime); an administrator's release of the
+  # hold keeps this test short. The requeue itself is the runner's.
+  end = time.time() + 120
+  while time.time() < end:
+    state = subprocess.run(['squeue', '--noheader', f'--jobs={job}', '--format=%T'],
+                           env=slurm_env, capture_output=True, text=True).stdout.split()
+    if 'stopped by SIGTERM' in log.read_text() and state == ['PENDING']:
+      break
+    time.sleep(0.5)
+  subprocess.run(['scontrol', 'update', f'JobId={job}_0', 'StartTime=now'], env=slurm_env,
+                 check=True)
+  # The rerun finds the requeued task in the queue, waits for it and summarizes.
+  again = subprocess.run(command, cwd=REPO, env=slurm_env, capture_output=True, text=True,
+                         timeout=400)
+  text = log.read_text()
+  assert 'stopped by SIGTERM at step' in text and 'Resumed from' in text, text[-3000:]
+  assert 'Summary: 1 done' in again.stdout or 'Summary: 0 done, 0 failed, 1 skipped' in \
+      again.stdout, again.stdout[-3000:]
