@@ -366,3 +366,28 @@ def test_the_gan_mode_stops_on_sigterm_with_a_checkpoint_and_resumes(small_train
                      checkpoint_every_steps=10**5, **{'gan.eval_every_steps': 10**5})
   resumed = run_main(finish, config=GAN)
   assert f'at step {step}.' in resumed.stderr
+
+
+def test_several_processes_agree_on_the_step_they_save(tmp_path):
+  """Only the second of two processes gets SIGTERM; both stop and save the same step."""
+  import socket
+  work = str(tmp_path / 'w')
+  args = overrides(dataset__synthetic_size=2048, num_train_steps=10**6, log_every_steps=10)
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  logs = [str(tmp_path / f'log{i}') for i in range(2)]
+  procs = [start_main([f'--workdir={work}', *args, f'--coordinator_address=127.0.0.1:{port}',
+                       '--num_processes=2', f'--process_id={i}'], logs[i]) for i in range(2)]
+  try:
+    wait_for(logs[0], 'step 20/', procs[0])
+    procs[1].send_signal(signal.SIGTERM)
+    assert [p.wait(timeout=120) for p in procs] == [lifecycle.STOPPED_EXIT] * 2
+  finally:
+    for p in procs:
+      p.kill()
+  (step,) = checkpoints.saved_steps(work)
+  assert step % 10 == 0  # a log step, where the processes already wait for each other
+  first = open(logs[0]).read()
+  assert f'stopped by a signal to another process of the run at step {step}/' in first
+  assert f'stopped by SIGTERM at step {step}/' in open(logs[1]).read()

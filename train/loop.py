@@ -440,7 +440,8 @@ def stop_here(session: Session, step: int, writer) -> None:
     writer.close()
   where = (f'checkpoint of step {step} saved in {session.mngr.directory}' if step > 0 else
            'nothing to save yet (step 0)')
-  raise lifecycle.Stopped(f'stopped by {session.stop.signal_name} at step {step}/'
+  by = session.stop.signal_name or 'a signal to another process of the run'
+  raise lifecycle.Stopped(f'stopped by {by} at step {step}/'
                           f'{session.exp.total_steps}: {where}; rerun the same command to resume')
 
 
