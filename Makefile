@@ -18,8 +18,8 @@ run: setup
 	$(PY) main.py --config=configs/default.py --workdir=$(WORKDIR)
 
 # Two pytest workers, a file each at a time (module fixtures stay in one worker): the tests are
-# mostly XLA compiles, which run on one thread, so two overlap on two cores (377 tests in 20m43s from a
-# clean clone on a 2-core AVX-512 EPYC that ran 356 in 19m18s-22m02s; serially, 268 tests took 13m45s-15m38s).
+# mostly XLA compiles, which run on one thread, so two overlap on two cores (405 tests in 25m10s from a
+# clean clone on a 2-core AVX-512 EPYC that ran 377 in 20m43s; serially, 268 tests took 13m45s-15m38s).
 TEST_WORKERS ?= 2
 test: setup
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
