@@ -211,9 +211,9 @@ class Session:
   """The mutable side of one training process: checkpoints, timers, logs."""
 
   def __init__(self, exp: Experiment, workdir: str, meta: dict, mngr, writer, t_start: float,
-               stop: lifecycle.StopRequest | None = None):
+               stop: lifecycle.StopRequest):
     self.exp, self.workdir, self.meta, self.mngr, self.writer = exp, workdir, meta, mngr, writer
-    self.stop = stop or lifecycle.StopRequest()
+    self.stop = stop
     self.saved_step = mngr.latest_step()
     self.stopping = False
     self.t_start, self.time_base = t_start, meta['train_time_s']
