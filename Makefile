@@ -13,7 +13,7 @@ apt_install = @if ! { $(1); } >/dev/null 2>&1 && command -v apt-get >/dev/null; 
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(2); \
 	fi
 
-.PHONY: run test setup data tcmalloc slurm kernels
+.PHONY: run test setup data tcmalloc slurm kernels chromium
 run: setup
 	$(PY) main.py --config=configs/default.py --workdir=$(WORKDIR)
 
@@ -55,3 +55,8 @@ tcmalloc:
 # opts in; .ci/run always does, and there the SLURM test fails instead of skipping.
 slurm:
 	$(call apt_install,command -v sbatch,slurm-wlm munge)
+
+# Headless Chromium for tests/test_report.py, which renders W/report.html and checks every
+# section and figure. Opt-in like slurm (a browser is a large install); .ci/run always does.
+chromium:
+	$(call apt_install,command -v chromium,chromium)

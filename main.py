@@ -81,7 +81,32 @@ def run(argv) -> int | None:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if FLAGS.mode in READS_RUN and FLAGS.workdir and os.path.isdir(FLAGS.workdir):
     lifecycle.hold(FLAGS.workdir, FLAGS.mode, exclusive=False)
-  return fn(FLAGS.config, FLAGS.workdir)
+  code = fn(FLAGS.config, FLAGS.workdir)
+  if not uses_jax or distributed.is_main_process():
+    rebuild_page(FLAGS.mode, FLAGS.workdir)
+  return code
+
+
+def rebuild_page(mode: str, workdir: str | None) -> None:
+  """W/report.html after every mode that wrote into a run or a sweep (report/pages.py);
+  `--mode=report` builds it on demand. A page that fails to build costs a warning, never the
+  mode's own results."""
+  from report import pages
+  if mode == 'report':
+    if not workdir or not os.path.isdir(workdir):
+      raise UserError(f'--mode=report needs --workdir=W naming a run or a sweep, got {workdir!r}')
+    print(f'report: {pages.build(workdir)}', flush=True)
+    return
+  if not workdir or not (pages.is_sweep(workdir) or
+                         os.path.exists(os.path.join(workdir, 'config.json'))):
+    return
+  try:
+    path = pages.build(workdir)
+  except Exception as e:  # noqa: BLE001  (the page is a view; the mode's files are written)
+    logging.warning('%s not rebuilt (%s: %s); rerun --mode=report --workdir=%s', pages.PAGE,
+                    type(e).__name__, e, workdir)
+    return
+  logging.info('Report page: %s', path)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

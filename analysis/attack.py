@@ -74,16 +74,21 @@ def check_options(o: Options, workdir: str) -> None:
       raise UserError(f'--membership_reference_workdirs: {e}') from None
 
 
-def _batched(fn, arrays, batch: int, key=None):
+def _batched(fn, arrays, batch: int, key=None, tick: Callable[[float], None] | None = None):
   """fn(*chunks[, key]) over fixed-size chunks (the last padded by repetition, so one compiled
-  shape serves every call); the outputs' leading axes concatenated and cut back."""
+  shape serves every call); the outputs' leading axes concatenated and cut back. `tick(share)`
+  is told each chunk's share of the call as it ends (progress)."""
   n = len(arrays[0])
   pad = (-n) % batch
   arrays = [np.concatenate([a, np.repeat(a[-1:], pad, 0)]) if pad else a for a in arrays]
   outs = []
-  for j, i in enumerate(range(0, n + pad, batch)):
+  starts = range(0, n + pad, batch)
+  for j, i in enumerate(starts):
     chunk = [jnp.asarray(a[i:i + batch]) for a in arrays]
     outs.append(fn(*chunk, jax.random.fold_in(key, j)) if key is not None else fn(*chunk))
+    if tick:
+      jax.block_until_ready(outs[-1])
+      tick(1 / len(starts))
   return jax.tree_util.tree_map(lambda *o: np.concatenate([np.asarray(v) for v in o])[:n], *outs)
 
 
@@ -125,6 +130,8 @@ class Context:
   predict: Callable
   train_split: Callable  # the run's training split, loaded once when a part asks
   pred: Callable         # batched predictions of images in [0, 1]
+  softmax: Callable      # jitted softmax of images in [0, 1]
+  names: list            # class names (common.class_names)
   clean_ok: np.ndarray
   notes: dict
   warnings: list
@@ -132,6 +139,7 @@ class Context:
   rows: list
   adversarials: dict     # eps -> PGD examples (whitebox), for transfer and the plots
   worst: dict            # eps -> robust under every white-box attack
+  progress: util.Progress
 
 
 def _whitebox(ctx: Context) -> None:
@@ -142,19 +150,22 @@ def _whitebox(ctx: Context) -> None:
       ctx.run, ctx.o, ctx.eps_list, ctx.f, ctx.x, ctx.y, ctx.batch, ctx.key, ctx.logits_jit,
       ctx.pred, ctx.clean_ok, ctx.results, ctx.rows, ctx.adversarials, ctx.worst)
   t_part = time.time()
-  for eps in eps_list:
+  names = ('fgsm', 'pgd', 'apgd_ce', 'apgd_t') if o.norm == 'linf' else ('pgd', 'apgd_ce', 'apgd_t')
+  progress = ctx.progress.part('whitebox', len(eps_list) * len(names))
+  tick = progress.advance
+  for e_i, eps in enumerate(eps_list):
     robust_any = clean_ok.copy()
     if o.norm == 'linf':
       t = time.time()
       fgsm_fn = jax.jit(lambda a, b, e=eps: attacks.fgsm(f, a, b, e, loss=o.loss))
-      xa = _batched(fgsm_fn, [x, y], batch)
+      xa = _batched(fgsm_fn, [x, y], batch, tick=tick)
       robust = clean_ok & (pred(xa) == y)
       rows.append(_row('fgsm', eps, o.norm, x, xa, y, clean_ok, robust, 1, time.time() - t))
       robust_any &= robust
     t = time.time()
     pgd_fn = jax.jit(lambda a, b, k, e=eps: attacks.pgd(f, a, b, e, o.norm, o.pgd_steps,
                                                 restarts=o.restarts, loss=o.loss, key=k))
-    xa = _batched(pgd_fn, [x, y], batch, key)
+    xa = _batched(pgd_fn, [x, y], batch, key, tick=tick)
     robust = clean_ok & (pred(xa) == y)
     adversarials[eps] = xa
     rows.append(_row('pgd', eps, o.norm, x, xa, y, clean_ok, robust,
@@ -164,7 +175,7 @@ def _whitebox(ctx: Context) -> None:
     # APGD-CE on every example, then APGD-T on those it left (AutoAttack's cascade).
     t = time.time()
     ce_fn = jax.jit(lambda a, b, k, e=eps: attacks.apgd(f, a, b, e, o.norm, o.apgd_steps, 'ce', key=k))
-    xa_ce, _ = _batched(ce_fn, [x, y], batch, key)
+    xa_ce, _ = _batched(ce_fn, [x, y], batch, key, tick=tick)
     robust = clean_ok & (pred(xa_ce) == y)
     rows.append(_row('apgd_ce', eps, o.norm, x, xa_ce, y, clean_ok, robust, o.apgd_steps + 1,
                      time.time() - t, steps=o.apgd_steps))
@@ -182,9 +193,11 @@ def _whitebox(ctx: Context) -> None:
         if not len(still):
           break
         pos = np.searchsorted(left, still)
-        xs, _ = _batched(tgt_fn, [x[still], y[still], tc[pos]], batch, key)
+        xs, _ = _batched(tgt_fn, [x[still], y[still], tc[pos]], batch, key,
+                         tick=lambda share, k=len(targets): tick(share / k))
         xa_t[still] = xs
         queries += len(still) * (o.apgd_steps + 1)
+    progress.advance_to((e_i + 1) * len(names))  # APGD-T stops early once all are broken
     robust = clean_ok & (pred(xa_t) == y)
     rows.append(_row('apgd_t', eps, o.norm, x, xa_t, y, clean_ok, robust,
                      queries / max(len(left), 1), time.time() - t, steps=o.apgd_steps,
@@ -210,9 +223,10 @@ def _blackbox(ctx: Context) -> None:
     notes['blackbox'] = 'the Square attack here is the L-inf one on 2-D images'
   else:
     t_part = time.time()
+    progress = ctx.progress.part('blackbox', len(eps_list))
     # Run in rounds of 100 queries on the examples still unbroken, so the budget is only
     # spent where it is needed (one compiled shape: _batched pads every call to `batch`).
-    for eps in eps_list:
+    for e_i, eps in enumerate(eps_list):
       t = time.time()
       k0, k1 = jax.random.split(jax.random.fold_in(key, 21))
       start_fn = jax.jit(lambda a, b, k, e=eps: attacks.square_start(f, a, b, e, k))
@@ -230,6 +244,8 @@ def _blackbox(ctx: Context) -> None:
             lambda a, b, xb, mm, k: fn(a, b, xb, mm, first, k),
             [x[live], y[live], xa[live], m[live]], batch, jax.random.fold_in(k1, first))
         used[live] += us
+        progress.advance(100 / o.square_queries)
+      progress.advance_to(e_i + 1)
       robust = clean_ok & (pred(xa) == y)
       broken = clean_ok & ~robust
       rows.append(_row('square', eps, o.norm, x, xa, y, clean_ok, robust,
@@ -255,11 +271,12 @@ def _blackbox(ctx: Context) -> None:
 def _plots(ctx: Context) -> None:
   """examples.png and robustness.png, once the white-box part ran."""
   out = ctx.out
-  (eps_list, plt, x, y, pred, clean_ok, results, rows, adversarials, worst) = (
-      ctx.eps_list, ctx.plt, ctx.x, ctx.y, ctx.pred, ctx.clean_ok, ctx.results, ctx.rows,
-      ctx.adversarials, ctx.worst)
-  examples_png(plt, x, adversarials, worst, clean_ok, y, pred, eps_list, f'{out}/examples.png')
-  curve_png(plt, rows, results['clean_accuracy'], f'{out}/robustness.png')
+  (eps_list, plt, x, y, clean_ok, results, rows, adversarials) = (
+      ctx.eps_list, ctx.plt, ctx.x, ctx.y, ctx.clean_ok, ctx.results, ctx.rows, ctx.adversarials)
+  probs = lambda xa: _batched(ctx.softmax, [xa], ctx.batch)
+  examples_png(plt, x, adversarials, clean_ok, y, probs, eps_list, ctx.names,
+               f'{out}/examples.png')
+  curve_png(plt, rows, results['clean_accuracy'], ctx.o.norm, f'{out}/robustness.png')
 
 
 def _transfer(ctx: Context) -> None:
@@ -269,6 +286,7 @@ def _transfer(ctx: Context) -> None:
       ctx.results, ctx.adversarials)
   if not o.target_workdir:
     return
+  ctx.progress.part('transfer')
   if not adversarials:
     notes['transfer'] = 'needs the white-box PGD examples (part whitebox)'
   else:
@@ -300,6 +318,7 @@ def _fooling(ctx: Context) -> None:
       ctx.run, ctx.o, ctx.shape, ctx.image_model, ctx.f, ctx.plt, ctx.key, ctx.notes,
       ctx.results)
   t_part = time.time()
+  ctx.progress.part('fooling')
   c = run.info.num_classes
   classes = jnp.tile(jnp.arange(c), 2)
   noise = jax.random.uniform(jax.random.fold_in(key, 7), (c, *shape))
@@ -322,21 +341,28 @@ def _fooling(ctx: Context) -> None:
                         f'{int((reached < 0).sum())} of {2 * c} images stayed below 99%')
   if image_model:
     grid = [imgs[:c] * 255.0, imgs[c:] * 255.0]
-    common.image_grid(plt, grid, ['from noise', 'from gray'], f'{out}/fooling.png',
-                       col_labels=[''] + [f'class {k}' for k in range(1, c)])
+    names = ctx.names
+    common.image_grid(plt, grid, [f'from noise: {names[0]}\n{100 * conf[0]:.0f}%',
+                                  f'from gray: {names[0]}\n{100 * conf[c]:.0f}%'],
+                      f'{out}/fooling.png',
+                      col_labels=[''] + [f'{names[k]}\n{100 * conf[k]:.0f}% / {100 * conf[c + k]:.0f}%'
+                                         for k in range(1, c)],
+                      title='Fooling images: ascent to 99% confidence of each class '
+                            '(confidence reached from noise / from gray)')
   results['seconds']['fooling'] = round(time.time() - t_part, 1)
 
 
 def _patch(ctx: Context) -> None:
   """An adversarial patch (Brown et al. 2017) trained on training images, placed at random."""
   out = ctx.out
-  (o, shape, image_model, f, plt, x, y, batch, key, train_split, pred, notes, results) = (
+  (o, shape, image_model, f, plt, x, y, batch, key, train_split, notes, results) = (
       ctx.o, ctx.shape, ctx.image_model, ctx.f, ctx.plt, ctx.x, ctx.y, ctx.batch, ctx.key,
-      ctx.train_split, ctx.pred, ctx.notes, ctx.results)
+      ctx.train_split, ctx.notes, ctx.results)
   if not image_model:
     notes['patch'] = 'adversarial patches are for 2-D images'
   else:
     t_part = time.time()
+    ctx.progress.part('patch')
     side = o.patch_size or max(2, int(round(math.sqrt(0.1 * shape[0] * shape[1]))))
     train = train_split()
     pool, _, _ = common.pick_examples(train.images, train.labels, 2000, o.seed)
@@ -360,10 +386,15 @@ def _patch(ctx: Context) -> None:
                                      cc[:6]))
     ptile = np.zeros_like(x[:1])
     ptile[0, :side, :side] = np.asarray(patch)
-    preds = pred(patched)
+    pp = _batched(ctx.softmax, [patched], batch)
+    titles = [common.example_title(ctx.names, int(t), int(q.argmax()), float(q.max()))
+              for t, q in zip(y[keep][:6], pp)]
     common.image_grid(plt, [patched * 255.0, ptile * 255.0],
-                       [f'patched, pred {preds[0]}', 'the patch'], f'{out}/patch.png',
-                       col_labels=[''] + [f'pred {p}' for p in preds[1:]])
+                      [f'patched:\n{titles[0]}', 'the patch'], f'{out}/patch.png',
+                      col_labels=[''] + titles[1:],
+                      title=f'Adversarial patch for {ctx.names[o.patch_target]}: '
+                            f'{100 * success:.0f}% of placements take the prediction '
+                            f'(random patch {100 * base:.0f}%)')
     results['seconds']['patch'] = round(time.time() - t_part, 1)
 
 
@@ -373,6 +404,7 @@ def _membership(ctx: Context) -> None:
   (run, o, plt, train_split, notes, results) = (
       ctx.run, ctx.o, ctx.plt, ctx.train_split, ctx.notes, ctx.results)
   t_part = time.time()
+  ctx.progress.part('membership')
   refs = [runs.load_run(r) for r in o.references]
   m, scores = privacy.membership(run, o.membership_examples, o.seed, refs, train_split())
   if not refs:
@@ -402,6 +434,7 @@ def _reconstruction(ctx: Context) -> None:
     notes['reconstruction'] = 'feature inversion is for 2-D images'
   else:
     t_part = time.time()
+    ctx.progress.part('reconstruction', 2)
     convs = visualize.conv_layers(net, variables, shape)
     layers = [convs[0][0], convs[-1][0]]
     xi = jnp.asarray(images[:4], jnp.float32)
@@ -411,6 +444,7 @@ def _reconstruction(ctx: Context) -> None:
       p, q = visualize.psnr_ssim(rec, xi)
       rec_rows.append({'layer': name, 'psnr': float(p.mean()), 'ssim': float(q.mean())})
       grid.append(np.asarray(rec))
+      ctx.progress.advance()
     results['reconstruction'] = {'images': 4, 'layers': rec_rows}
     common.image_grid(plt, grid, ['originals'] + [f'from {r["layer"]}: {r["psnr"]:.1f} dB'
                                                    for r in rec_rows],
@@ -418,7 +452,10 @@ def _reconstruction(ctx: Context) -> None:
     results['seconds']['reconstruction'] = round(time.time() - t_part, 1)
 
 
-# The parts in the order they run (transfer needs whitebox's examples; the plots come last).
+# The parts in the order they run (transfer needs whitebox's examples; the plots come last),
+# and their rough shares of the mode's time with the defaults, which weight the overall ETA.
+PART_SHARES = {'whitebox': 10.0, 'blackbox': 3.0, 'transfer': 0.5, 'fooling': 1.0, 'patch': 2.0,
+               'membership': 1.0, 'reconstruction': 1.0}
 PART_FUNCTIONS = (('whitebox', _whitebox), ('blackbox', _blackbox), ('transfer', _transfer),
                   ('fooling', _fooling), ('patch', _patch), ('membership', _membership),
                   ('reconstruction', _reconstruction))
@@ -428,6 +465,8 @@ def context(workdir: str, o: Options) -> Context:
   """The shared context of the parts: the run loaded and checked, examples picked, clean
   predictions made."""
   check_options(o, workdir)
+  progress = util.Progress('attack', {p: PART_SHARES[p] for p in o.parts
+                                      if p != 'transfer' or o.target_workdir})
   run = runs.load_run(workdir, o.step)
   tasks.check_mode(run.config, 'attack')
   shape = run.info.shape
@@ -447,6 +486,7 @@ def context(workdir: str, o: Options) -> Context:
   key = jax.random.key(o.seed)
   logits_jit = jax.jit(f)
   predict = jax.jit(lambda xa: jnp.argmax(f(xa), -1))
+  softmax = jax.jit(lambda xa: jax.nn.softmax(f(xa), -1))
   train_split = functools.cache(lambda: datasets.load_split(run.config.dataset, 'train'))
   pred = lambda xa: _batched(predict, [xa], batch)
   clean_ok = pred(x) == y
@@ -466,8 +506,9 @@ def context(workdir: str, o: Options) -> Context:
                  device=device, variables=variables, net=net, f=f, out=out, plt=plt,
                  images=images, labels=labels, idx=idx, x=x, y=y, n=n, batch=batch, key=key,
                  logits_jit=logits_jit, predict=predict, train_split=train_split, pred=pred,
+                 softmax=softmax, names=common.class_names(run.info),
                  clean_ok=clean_ok, notes=notes, warnings=warnings, results=results, rows=rows,
-                 adversarials=adversarials, worst=worst)
+                 adversarials=adversarials, worst=worst, progress=progress)
 
 
 def run_attack(workdir: str, o: Options) -> dict:
@@ -485,46 +526,58 @@ def run_attack(workdir: str, o: Options) -> dict:
              'mean_perturbation_norm', 'queries', 'seconds']
   common.write_outputs(out, results, rows, f'Robustness of {workdir} (clean accuracy '
                        f'{100 * results["clean_accuracy"]:.2f}% on {n} test examples)', columns)
+  common.finish(results, ctx.progress, f'{out}/results.json')
   return results
 
 
 
 
-def examples_png(plt, x, adversarials, worst, clean_ok, y, pred, eps_list, path: str) -> None:
-  """Original, perturbation (magnified to the full range), adversarial, with predictions, for
-  the first few examples PGD broke at the middle eps."""
+def examples_png(plt, x, adversarials, clean_ok, y, probs, eps_list, names, path: str) -> None:
+  """Original, perturbation, adversarial for the first few examples PGD broke at the middle
+  eps, each titled with the true class and the prediction with its confidence (`probs`:
+  batched softmax of images in [0, 1]). The perturbation of gray images is drawn signed on the
+  diverging colormap in pixel units; that of colour images magnified to the full range."""
   eps = eps_list[len(eps_list) // 2]
   xa = adversarials.get(eps)
   if xa is None:
     return
-  broken = np.flatnonzero(clean_ok & (pred(xa) != y))[:6]
+  p_adv = probs(xa)
+  broken = np.flatnonzero(clean_ok & (p_adv.argmax(-1) != y))[:6]
   if not len(broken):
     return
-  p_adv = pred(xa[broken])
-  fig, axes = plt.subplots(3, len(broken), figsize=(1.6 * len(broken), 5), squeeze=False)
+  p_clean = probs(x[broken])
+  fig, axes = plt.subplots(3, len(broken), figsize=(1.7 * len(broken), 5.6), squeeze=False)
+  gray = x.shape[-1] == 1
   for j, i in enumerate(broken):
     d = xa[i] - x[i]
-    d = 0.5 + d / (2 * (np.abs(d).max() + 1e-12))
-    for r, (img, title) in enumerate(((x[i], f'label {y[i]}'), (d, 'perturbation'),
-                                      (xa[i], f'pred {p_adv[j]}'))):
-      ax = axes[r, j]
-      ax.imshow(img[..., 0] if img.shape[-1] == 1 else np.clip(img, 0, 1),
-                cmap='gray' if img.shape[-1] == 1 else None, vmin=0, vmax=1)
-      ax.set_title(title, fontsize=7)
-      ax.axis('off')
-  fig.suptitle(f'PGD at eps {eps:.3g}', fontsize=8)
-  fig.tight_layout()
+    common.show_image(axes[0, j], x[i], vmax=1.0)
+    axes[0, j].set_title(common.example_title(names, int(y[i]), int(p_clean[j].argmax()),
+                                              float(p_clean[j].max())), fontsize=6)
+    if gray:
+      art = axes[1, j].imshow(d[..., 0], cmap=common.SIGNED_CMAP, vmin=-eps, vmax=eps)
+      axes[1, j].axis('off')
+    else:
+      common.show_image(axes[1, j], 0.5 + d / (2 * (np.abs(d).max() + 1e-12)), vmax=1.0)
+    axes[1, j].set_title('perturbation', fontsize=6)
+    common.show_image(axes[2, j], xa[i], vmax=1.0)
+    axes[2, j].set_title(common.example_title(names, int(y[i]), int(p_adv[i].argmax()),
+                                              float(p_adv[i].max())), fontsize=6)
+  if gray:
+    common.colorbar(fig, art, axes[1, :], 'perturbation (pixel value, images in [0, 1])')
+  fig.suptitle(f'PGD at eps {eps:.3g}: clean (top), perturbation, adversarial (bottom)'
+               + ('' if gray else '; perturbation magnified to the full range'), fontsize=8)
   common.save_figure(fig, path)
 
 
-def curve_png(plt, rows, clean: float, path: str) -> None:
+def curve_png(plt, rows, clean: float, norm: str, path: str) -> None:
   """Robust accuracy against eps, one line per attack."""
   fig, ax = plt.subplots(figsize=(5, 3.5))
   for name in dict.fromkeys(r['attack'] for r in rows):
     pts = sorted((r['eps'], r['robust_accuracy']) for r in rows if r['attack'] == name)
     ax.plot([0] + [p[0] for p in pts], [100 * clean] + [100 * p[1] for p in pts], 'o-',
             label=name, ms=3)
-  ax.set(xlabel='eps', ylabel='accuracy (%)', ylim=(0, 100))
+  ax.set(xlabel=f'eps ({"L-inf" if norm == "linf" else "L2"} radius, pixel values in [0, 1])',
+         ylabel='accuracy (%)', ylim=(0, 100), title='Robust accuracy under attack')
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
   common.save_figure(fig, path)

@@ -12,6 +12,7 @@ import numpy as np
 import lifecycle
 import util
 from errors import UserError
+from kernels import runtime
 
 
 def output_dir(workdir: str, mode: str) -> str:
@@ -77,6 +78,16 @@ def write_outputs(directory: str, results: dict, rows: Sequence[dict] = (), titl
   return {'json': json_path, 'md': md_path}
 
 
+def finish(results: dict, progress: util.Progress, path: str) -> dict:
+  """Stamps a mode's results with its total time, the machine it ran on (timings mean little
+  without the CPU: kernels.runtime.machine) and the code's commit, and writes them to `path`."""
+  results['total_seconds'] = progress.total_seconds()
+  results['machine'] = runtime.machine()
+  results['commit'] = util.source_version()
+  util.write_json(path, results)
+  return results
+
+
 def save_figure(fig, path: str, dpi: int = 100) -> str:
   """Saves a matplotlib figure and closes it."""
   from matplotlib import pyplot as plt
@@ -93,8 +104,61 @@ def pyplot():
   return plt
 
 
+# Figure conventions of every mode: examples carry the true and predicted class by name with
+# the confidence; a signed map (a contribution: grad x input, integrated gradients, an
+# adversarial perturbation) uses a diverging colormap centred on zero, an unsigned one
+# (a sensitivity) a sequential map from zero; each scale has a colorbar that names its unit.
+SIGNED_CMAP, MAGNITUDE_CMAP = 'RdBu_r', 'inferno'
+
+
+def class_names(info) -> list[str]:
+  """A dataset's class names (data.datasets.DatasetInfo), or 'class k' where it has none."""
+  return list(info.class_names) or [f'class {k}' for k in range(info.num_classes)]
+
+
+def example_title(names: Sequence[str], true: int | None, pred: int, confidence: float) -> str:
+  """'Pullover -> Coat 71%': the true class, then the prediction and its softmax probability
+  (only the prediction where the true class is unknown, e.g. a synthesized image)."""
+  guess = f'{names[pred]} {100 * confidence:.0f}%'
+  if true is None:
+    return f'pred {guess}'
+  return f'{names[true]}: ok {guess}' if true == pred else f'{names[true]} -> {guess}'
+
+
+def show_image(ax, image: np.ndarray, vmax: float = 255.0) -> None:
+  """An image (H, W, 1 | 3) in [0, vmax], gray or colour, without axes."""
+  if image.shape[-1] == 1:
+    ax.imshow(image[..., 0], cmap='gray', vmin=0, vmax=vmax)
+  else:
+    ax.imshow(np.clip(image / vmax, 0, 1))
+  ax.axis('off')
+
+
+def show_map(ax, values: np.ndarray, signed: bool, under: np.ndarray | None = None,
+             alpha: float = 0.75):
+  """A map (H, W) scaled by its largest magnitude: [-1, 1] on the diverging colormap when
+  `signed` (zero is white), else [0, 1] on the sequential one; drawn over `under` (an image
+  in [0, 255]) in gray when given. Returns the artist for a colorbar."""
+  peak = float(np.abs(values).max()) or 1.0
+  if under is not None:
+    ax.imshow(under.mean(-1), cmap='gray', vmin=0, vmax=255)
+  art = ax.imshow(values / peak, cmap=SIGNED_CMAP if signed else MAGNITUDE_CMAP,
+                  vmin=-1 if signed else 0, vmax=1, alpha=alpha if under is not None else 1.0)
+  ax.axis('off')
+  return art
+
+
+def colorbar(fig, art, ax, label: str) -> None:
+  """A horizontal colorbar under `ax` (a column of maps shares one scale)."""
+  bar = fig.colorbar(art, ax=ax, orientation='horizontal', fraction=0.08, pad=0.04)
+  bar.ax.tick_params(labelsize=6)
+  bar.set_label(label, fontsize=6)
+
+
 def image_grid(plt, rows: list[np.ndarray], row_labels: list[str], path: str,
-                col_labels: list[str] | None = None) -> None:
+               col_labels: list[str] | None = None, title: str = '') -> None:
+  """Rows of images in [0, 255], the first of each row titled with its row label, the
+  others of the first row with the column labels; `title` over the whole figure."""
   n_cols = max(len(r) for r in rows)
   fig, axes = plt.subplots(len(rows), n_cols, figsize=(1.4 * n_cols, 1.5 * len(rows)),
                            squeeze=False)
@@ -110,5 +174,7 @@ def image_grid(plt, rows: list[np.ndarray], row_labels: list[str], path: str,
         ax.set_title(row_labels[i], fontsize=7, loc='left')
       elif i == 0 and col_labels and j < len(col_labels):
         ax.set_title(col_labels[j], fontsize=7)
+  if title:
+    fig.suptitle(title, fontsize=8)
   fig.tight_layout()
   save_figure(fig, path)

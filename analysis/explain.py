@@ -66,25 +66,29 @@ def _method_fns(o: Options, mean, layer: str | None, noise):
   return fns
 
 
-def _overlay_grid(plt, images, maps: dict, labels, path: str) -> None:
+# Maps that keep their sign (evidence for the class > 0, against < 0): a diverging colormap.
+SIGNED = ('grad_x_input', 'integrated_gradients', 'occlusion')
+
+
+def _overlay_grid(plt, images, maps: dict, titles: list[str], path: str) -> None:
+  """maps.png: a row per image (true and predicted class with its confidence), a column per
+  method, each map over its image scaled by its largest magnitude, a colorbar per column."""
   names = list(maps)
   n = len(images)
-  fig, axes = plt.subplots(n, len(names) + 1, figsize=(1.6 * (len(names) + 1), 1.6 * n),
+  fig, axes = plt.subplots(n, len(names) + 1, figsize=(1.6 * (len(names) + 1), 1.6 * n + 0.6),
                            squeeze=False)
-  gray = images.shape[-1] == 1
   for i in range(n):
-    img = images[i, ..., 0] if gray else images[i].astype(np.uint8)
-    axes[i, 0].imshow(img, cmap='gray' if gray else None)
-    axes[i, 0].set_title(f'class {labels[i]}', fontsize=7)
+    common.show_image(axes[i, 0], images[i])
+    axes[i, 0].set_title(titles[i], fontsize=6)
     for j, name in enumerate(names):
-      m = maps[name][i]
-      axes[i, j + 1].imshow(img, cmap='gray' if gray else None)
-      axes[i, j + 1].imshow(m, cmap='inferno', alpha=0.6)
+      art = common.show_map(axes[i, j + 1], maps[name][i], name in SIGNED, under=images[i])
       if i == 0:
         axes[i, j + 1].set_title(name.replace('_', ' '), fontsize=7)
-  for ax in axes.ravel():
-    ax.axis('off')
-  fig.tight_layout()
+      if i == n - 1:
+        common.colorbar(fig, art, axes[:, j + 1], 'contribution / its max |value|'
+                        if name in SIGNED else 'sensitivity / its max')
+  fig.suptitle('Attribution of the explained class: red = evidence for it, blue = against '
+               '(signed maps); bright = sensitive (the others)', fontsize=8)
   common.save_figure(fig, path)
 
 
@@ -140,6 +144,7 @@ class Context:
   notes: dict
   results: dict
   key: jax.Array
+  progress: util.Progress
 
 
 def _maps(ctx: Context) -> None:
@@ -172,7 +177,10 @@ def _maps(ctx: Context) -> None:
   same = np.asarray(jnp.argmax(net.logits(variables, x_noisy), 1) ==
                     jnp.argmax(net.logits(variables, x), 1))
   maps, rows = {}, []
-  for m in methods + ['random']:
+  ctx.progress.part('maps', len(methods) + 1)
+  for i, m in enumerate(methods + ['random']):
+    # A method's share of the part: its map, the sanity cascade (a map per layer), two more.
+    tick = functools.partial(ctx.progress.advance, 1 / (len(cascade) + 3))
     if m == 'random':
       maps[m] = np.asarray(jax.random.uniform(key, x.shape[:-1]))
       elapsed = 0.0
@@ -188,9 +196,12 @@ def _maps(ctx: Context) -> None:
           variables, x, classes, jnp.asarray(maps[m]))
       row['deletion_auc'] = float(np.mean(d_auc))
       row['insertion_auc'] = float(np.mean(i_auc))
+    tick()
     if m != 'random':
-      per_layer = [(name, vis.spearman(maps[m], np.asarray(fn(v, x, classes))))
-                   for name, v in cascade]
+      per_layer = []
+      for name, v in cascade:
+        per_layer.append((name, vis.spearman(maps[m], np.asarray(fn(v, x, classes)))))
+        tick()
       row['sanity_rank_corr'] = per_layer[-1][1]
       row['sanity_cascade'] = [[name, round(r, 4)] for name, r in per_layer]  # top first
       noisy = np.asarray(fn(variables, x_noisy, classes))
@@ -204,19 +215,28 @@ def _maps(ctx: Context) -> None:
         attacked = np.asarray(fn(variables, xp, classes))
         row['fragility_topk'] = vis.topk_intersection(maps[m], attacked)
         row['fragility_rank_corr'] = vis.spearman(maps[m], attacked)
+        tick()
       else:
         row['fragility_topk'] = None
         notes.setdefault(f'{m}: fragility_topk', 'no targeted attack: ' + (
             'the map is not a smooth function of the input (or too costly to differentiate)'
             if image_model else 'it is implemented for 2-D images'))
     rows.append(row)
+    ctx.progress.advance_to(i + 1)
     fmt = lambda v: 'n/a' if v is None else f'{v:.3f}'
     logging.info('explain: %s: deletion AUC %s, insertion AUC %s, sanity %s (%.0f s so far)',
                  m, fmt(row.get('deletion_auc')), fmt(row.get('insertion_auc')),
                  fmt(row.get('sanity_rank_corr')), time.time() - t_start)
   if image_model:
-    _overlay_grid(plt, images, {m: maps[m] for m in methods}, labels,
-                  f'{out}/maps.png')
+    probs = np.asarray(jax.nn.softmax(net.logits(variables, x)))
+    names = common.class_names(run.info)
+    titles = [common.example_title(names, int(t), int(p.argmax()), float(p.max()))
+              for t, p in zip(labels, probs)]
+    if o.explain_class != 'predicted':
+      explained = np.asarray(classes)
+      titles = [t + (f'\nmaps of {names[c]}' if c != int(p.argmax()) else '')
+                for t, c, p in zip(titles, explained, probs)]
+    _overlay_grid(plt, images, {m: maps[m] for m in methods}, titles, f'{out}/maps.png')
   results['methods'] = rows
   results['fraction_prediction_unchanged_by_noise'] = float(same.mean())
   columns = ['method', 'deletion_auc', 'insertion_auc', 'sanity_rank_corr', 'fragility_topk',
@@ -234,6 +254,7 @@ def _projections(ctx: Context) -> None:
   test = run.test_split()
   pool = test.images[:2000].astype(np.float32)
   rows_img, row_labels = [], []
+  ctx.progress.part('projections', 4)
   for channel in range(4):
     top, peaks = vis.top_activating(net, variables, pool, layer, channel)
     proj = np.asarray(vis.project(net, variables, jnp.asarray(pool[top]), layer, channel))
@@ -244,6 +265,7 @@ def _projections(ctx: Context) -> None:
     results.setdefault('projections', []).append(
         {'layer': layer, 'channel': channel, 'top_images': top.tolist(),
          'peak_activations': [round(float(p), 4) for p in peaks]})
+    ctx.progress.advance()
   common.image_grid(plt, rows_img, row_labels, f'{out}/projections.png')
 
 
@@ -255,7 +277,9 @@ def _maximize(ctx: Context) -> None:
   if not image_model:
     return
   rows_img, row_labels, maxi = [], [], []
-  for i, (target, score) in enumerate(_targets(net, o, run.info.num_classes, convs)):
+  targets = _targets(net, o, run.info.num_classes, convs)
+  ctx.progress.part('maximize', len(targets))
+  for i, (target, score) in enumerate(targets):
     imgs, start, end = vis.maximize(net, variables, shape, score, starts=3,
                                 steps=o.maximize_steps, jitter=o.jitter,
                                 blur_every=o.blur_every, fourier=o.fourier, seed=o.seed + i)
@@ -263,6 +287,7 @@ def _maximize(ctx: Context) -> None:
     row_labels.append(target)
     maxi.append({'target': target, 'start': [round(float(s), 3) for s in start],
                  'end': [round(float(e), 3) for e in end]})
+    ctx.progress.advance()
   results['maximization'] = maxi
   common.image_grid(plt, rows_img, row_labels, f'{out}/maximization.png')
   util.write_json(f'{out}/maximization.json', maxi)
@@ -277,6 +302,7 @@ def _invert(ctx: Context) -> None:
     return
   xi = x[:o.invert_images]
   inv_rows, grid, labels_ = [], [images[:o.invert_images]], ['originals']
+  ctx.progress.part('invert', len(convs))
   for name, s in convs:
     rec = vis.invert(net, variables, xi, name, steps=o.invert_steps, seed=o.seed)
     p, q = vis.psnr_ssim(rec, xi)
@@ -284,6 +310,7 @@ def _invert(ctx: Context) -> None:
                      'ssim': float(np.mean(q))})
     grid.append(np.asarray(rec))
     labels_.append(f'{name}: {np.mean(p):.1f} dB')
+    ctx.progress.advance()
   util.write_json(f'{out}/inversion.json', {'images': idx[:o.invert_images].tolist(),
                                             'layers': inv_rows})
   fig, axes = plt.subplots(1, 2, figsize=(9, 3))
@@ -296,7 +323,9 @@ def _invert(ctx: Context) -> None:
   results['inversion'] = inv_rows
 
 
-# The parts of --mode=explain (`--explain_parts`), in the order they run.
+# The parts of --mode=explain (`--explain_parts`), in the order they run, and their rough
+# shares of its time (the default run, docs/explain.md), which weight the overall ETA.
+PART_SHARES = {'maps': 6.0, 'projections': 0.5, 'maximize': 1.5, 'invert': 2.0}
 PART_FUNCTIONS = (('maps', _maps), ('projections', _projections), ('maximize', _maximize),
                   ('invert', _invert))
 
@@ -305,6 +334,7 @@ def context(workdir: str, o: Options) -> Context:
   """The shared context of the parts: the run loaded and checked, images and classes picked."""
   check_options(o)
   t_start = time.time()
+  progress = util.Progress('explain', {p: PART_SHARES[p] for p in o.parts})
   run = runs.load_run(workdir, o.step)
   tasks.check_mode(run.config, 'explain')
   # The run's own convolutions (oneDNN's on AVX-512 CPUs: 20x faster input gradients here than
@@ -350,7 +380,7 @@ def context(workdir: str, o: Options) -> Context:
                  smooth_net=smooth_net, device=device, variables=variables, shape=shape,
                  convs=convs, spatial=spatial, image_model=image_model, layer=layer, out=out,
                  plt=plt, images=images, labels=labels, idx=idx, x=x, classes=classes,
-                 notes=notes, results=results, key=key)
+                 notes=notes, results=results, key=key, progress=progress)
 
 
 def run_explain(workdir: str, o: Options) -> dict:
@@ -359,4 +389,5 @@ def run_explain(workdir: str, o: Options) -> dict:
   for name, fn in PART_FUNCTIONS:
     if name in o.parts:
       fn(ctx)
+  common.finish(ctx.results, ctx.progress, f'{ctx.out}/metrics.json')
   return ctx.results

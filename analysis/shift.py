@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+import util
 from analysis import common, options
 from errors import UserError
 from store import runs
@@ -170,13 +171,17 @@ def corruption_key(seed: int, name: str, severity: int, batch_index: int) -> jax
 
 
 def accuracies(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarray,
-               o: Options) -> tuple[float, dict[str, dict[int, float]]]:
-  """Clean accuracy and {corruption: {severity: accuracy}} of `predict` (x in [0, 1])."""
+               o: Options, progress: util.Progress | None = None
+               ) -> tuple[float, dict[str, dict[int, float]]]:
+  """Clean accuracy and {corruption: {severity: accuracy}} of `predict` (x in [0, 1]);
+  `progress` counts one unit per (corruption, severity) and one for the clean split."""
   def acc(images_of) -> float:
-    right = 0
-    for b, start in enumerate(range(0, len(y), o.batch)):
+    right, chunks = 0, range(0, len(y), o.batch)
+    for b, start in enumerate(chunks):
       right += int((predict(images_of(b, x[start:start + o.batch])) ==
                     y[start:start + o.batch]).sum())
+      if progress:
+        progress.advance(1 / len(chunks))
     return right / len(y)
   clean = acc(lambda b, xb: xb)
   table = {c: {s: acc(lambda b, xb, c=c, s=s: corrupt(xb, c, s, corruption_key(o.seed, c, s, b)))
@@ -201,10 +206,12 @@ def corruption_errors(acc: dict, clean: float, ref_acc: dict, ref_clean: float) 
   return out
 
 
-def _predictor(run, batch: int):
+def _predictor(run, batch: int, probabilities: bool = False):
+  """Images in [0, 1] -> predicted classes (or softmax probabilities) of the run."""
   device = jax.local_devices()[0]
   variables = jax.device_put(run.variables, device)
-  f = jax.jit(lambda v, xa: jnp.argmax(run.net.logits01(v)(xa), -1))
+  f = jax.jit(lambda v, xa: jax.nn.softmax(run.net.logits01(v)(xa), -1) if probabilities
+              else jnp.argmax(run.net.logits01(v)(xa), -1))
   return lambda xa: np.asarray(f(variables, jnp.asarray(xa)))
 
 
@@ -214,6 +221,7 @@ def run_shift(workdir: str, o: Options) -> dict:
   if o.batch < 1 or o.examples < 0:
     raise UserError(f'--shift_batch must be positive and --shift_examples >= 0, got {o.batch} '
                     f'and {o.examples}')
+  progress = util.Progress('shift', {'the run': 1.0, 'the reference': 1.0 if o.reference else 0})
   run = runs.load_run(workdir, o.step)
   tasks.check_mode(run.config, 'shift')
   if o.reference:  # a reference must see the same test images
@@ -224,7 +232,9 @@ def run_shift(workdir: str, o: Options) -> dict:
   images, labels, idx = common.pick_examples(test.images, test.labels, n, o.seed, per_class=True)
   x, y = images.astype(np.float32) / 255.0, labels.astype(np.int32)
   t = time.time()
-  clean, acc = accuracies(_predictor(run, o.batch), x, y, o)
+  units = 1 + len(o.corruptions) * len(o.severities)
+  progress.part('the run', units)
+  clean, acc = accuracies(_predictor(run, o.batch), x, y, o, progress)
   results: dict = {
       'workdir': '.', 'step': run.step, 'model': run.config.model.name,
       'dataset': run.dataset['name'], 'num_examples': len(y), 'seed': o.seed,
@@ -237,7 +247,8 @@ def run_shift(workdir: str, o: Options) -> dict:
       'settings': {**dataclasses.asdict(o), 'corruptions': list(o.corruptions),
                    'severities': list(o.severities)}}
   if ref_run is not None:
-    ref_clean, ref_acc = accuracies(_predictor(ref_run, o.batch), x, y, o)
+    progress.part('the reference', units)
+    ref_clean, ref_acc = accuracies(_predictor(ref_run, o.batch), x, y, o, progress)
     errs = corruption_errors(acc, clean, ref_acc, ref_clean)
     results.update(mce=errs['mce'], relative_mce=errs['relative_mce'])
     results['reference'] = {
@@ -260,31 +271,42 @@ def run_shift(workdir: str, o: Options) -> dict:
               f'(reference {o.reference} = 100)')
   common.write_outputs(out, results, rows, title)
   plt = common.pyplot()
-  examples_png(plt, x, y, o, f'{out}/examples.png')
+  examples_png(plt, x, y, o, _predictor(run, o.batch, probabilities=True),
+               common.class_names(run.info), f'{out}/examples.png')
   curve_png(plt, results, f'{out}/accuracy_vs_severity.png')
+  common.finish(results, progress, f'{out}/results.json')
   logging.info('shift: %d corruptions x %d severities on %d images in %.0fs',
                len(acc), len(o.severities), len(y), results['seconds'])
   return results
 
 
-def examples_png(plt, x: np.ndarray, y: np.ndarray, o: Options, path: str) -> None:
+def examples_png(plt, x: np.ndarray, y: np.ndarray, o: Options, probs: Callable, names: list,
+                 path: str) -> None:
   """Per corruption (row), the first test image of a class (a different class each row) clean
-  and at each evaluated severity: what the levels do, drawn with their own keys."""
+  and at each evaluated severity, drawn with their own keys, each titled with the run's
+  prediction and confidence (the row's true class is its label)."""
   cols = (0, *o.severities)
   fig, axes = plt.subplots(len(o.corruptions), len(cols), squeeze=False,
                            figsize=(1.3 * len(cols), 1.3 * len(o.corruptions)))
   for i, c in enumerate(o.corruptions):
     j = int(np.flatnonzero(y == np.unique(y)[i % len(np.unique(y))])[0])
+    ims = np.stack([corrupt(x[j:j + 1], c, s, corruption_key(o.seed, c, s, 0))[0] for s in cols])
+    p = probs(ims)
     for k, s in enumerate(cols):
-      im = corrupt(x[j:j + 1], c, s, corruption_key(o.seed, c, s, 0))[0]
+      im = ims[k]
       ax = axes[i, k]
-      ax.imshow(im[..., 0] if im.shape[-1] == 1 else im, cmap='gray', vmin=0, vmax=1)
+      ax.imshow(im[..., 0] if im.shape[-1] == 1 else np.clip(im, 0, 1), cmap='gray', vmin=0, vmax=1)
       ax.set_xticks([])
       ax.set_yticks([])
-      if i == 0:
-        ax.set_title('clean' if s == 0 else f'severity {s}', fontsize=8)
+      guess = f'{names[p[k].argmax()]} {100 * p[k].max():.0f}%'
+      head = ('clean' if s == 0 else f'severity {s}') + '\n' if i == 0 else ''
+      ax.set_title(head + guess, fontsize=6,
+                   color='black' if p[k].argmax() == y[j] else 'crimson')
       if k == 0:
-        ax.set_ylabel(c, fontsize=7)
+        ax.set_ylabel(f'{c}\n({names[y[j]]})', fontsize=7)
+  fig.suptitle('Corruptions by severity; titles: the prediction and its confidence '
+               '(red = wrong)', fontsize=8)
+  fig.tight_layout()
   common.save_figure(fig, path)
 
 
@@ -294,7 +316,7 @@ def curve_png(plt, results: dict, path: str) -> None:
   for c, v in results['corruptions'].items():
     ax.plot([0, *sev], [100 * results['clean_accuracy'], *[100 * v['accuracy'][str(s)] for s in sev]],
             marker='.', label=c)
-  ax.set_xlabel('severity (0 = clean)')
+  ax.set_xlabel('severity (0 = clean; the ImageNet-C levels, analysis/shift.py PARAMS)')
   ax.set_ylabel('test accuracy (%)')
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, ncol=2)

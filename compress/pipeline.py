@@ -231,6 +231,8 @@ def _int8_stage(ctx: Context) -> None:
 # The weight stages in order (each starts from the previous one's weights); int8 starts from
 # the fp32 run. `--compress_stages` picks among them.
 STAGE_FUNCTIONS = (('prune', _prune), ('share', _share), ('huffman', _huffman))
+# Rough shares of the mode's time with the defaults (retraining dominates), for the overall ETA.
+STAGE_SHARES = {'fp32': 0.2, 'prune': 5.0, 'share': 2.0, 'huffman': 0.2, 'int8': 1.0}
 
 
 def context(workdir: str, o: Options) -> Context:
@@ -281,13 +283,18 @@ def context(workdir: str, o: Options) -> Context:
 
 def run_compress(workdir: str, o: Options) -> dict:
   """`--mode=compress`: fp32, then the weight stages of `o.stages` in order, then int8."""
+  progress = util.Progress('compress', {'fp32': STAGE_SHARES['fp32'], **{
+      s: STAGE_SHARES[s] for s in o.stages}})
   ctx = context(workdir, o)
+  progress.part('fp32')
   _fp32(ctx)
   for name, stage in STAGE_FUNCTIONS:
     if name in o.stages:
+      progress.part(name)  # a retraining stage logs its own steps and ETA (train/loop.py)
       stage(ctx)
   layer_rows = _layer_rows(ctx.current, ctx.masks, ctx.per_layer, ctx.layers)
   if 'int8' in o.stages:
+    progress.part('int8')
     _int8_stage(ctx)
   run, rows, out, int8_info = ctx.run, ctx.rows, ctx.out, ctx.int8_info
   results = {'workdir': os.path.abspath(workdir), 'step': run.step,
@@ -307,6 +314,7 @@ def run_compress(workdir: str, o: Options) -> dict:
         rows_speed.append({'xla_flags': 'XLA defaults', **int8_info['speed_xla_default_flags']})
       f.write(common.markdown_table(rows_speed))
   _plot(rows, os.path.join(out, 'compression.png'), run.config.model.name)
+  common.finish(results, progress, os.path.join(out, 'results.json'))
   return results
 
 

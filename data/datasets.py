@@ -40,13 +40,22 @@ class DatasetInfo:
   num_train: int = 0            # training examples, when known without reading them (0 = not)
 
 
+DIGITS = tuple(str(d) for d in range(10))
+# Label names as the datasets' authors publish them (Fashion-MNIST: zalandoresearch's README;
+# CIFAR-10: Krizhevsky's batches.meta), so figures and reports say "Sandal", not "class 5".
+FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt',
+                         'Sneaker', 'Bag', 'Ankle boot')
+CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship',
+                   'truck')
+
 DATASETS: dict[str, DatasetInfo] = {d.name: d for d in [
-    DatasetInfo('mnist', (28, 28, 1), 10),
+    DatasetInfo('mnist', (28, 28, 1), 10, class_names=DIGITS),
     DatasetInfo('fashion_mnist', (28, 28, 1), 10, idx_dir='/usr/share/datasets/fashion-mnist',
-                install_hint='apt-get install dataset-fashion-mnist'),
-    DatasetInfo('cifar10', (32, 32, 3), 10),
+                install_hint='apt-get install dataset-fashion-mnist',
+                class_names=FASHION_MNIST_CLASSES),
+    DatasetInfo('cifar10', (32, 32, 3), 10, class_names=CIFAR10_CLASSES),
     DatasetInfo('cifar100', (32, 32, 3), 100),
-    DatasetInfo('svhn_cropped', (32, 32, 3), 10),
+    DatasetInfo('svhn_cropped', (32, 32, 3), 10, class_names=DIGITS),
     DatasetInfo('imagenet2012', (224, 224, 3), 1000, test_split='validation'),
     DatasetInfo('synthetic', (32, 32, 3), 10),
     # Generated segmentation scenes of Fashion-MNIST objects (data/segmentation.py).

@@ -268,7 +268,7 @@ def _train(config, workdir: str, stop: lifecycle.StopRequest) -> dict:
                evaluator.noise)
   step, total = int(state.step), config.num_train_steps
   t_mark, losses = time.time(), []
-  session_start, time_base = time.time(), meta['train_time_s']
+  session_start, time_base, first_step = time.time(), meta['train_time_s'], step
   while step < total:
     state, out = step_fn(state, key)
     step += 1
@@ -279,8 +279,10 @@ def _train(config, workdir: str, stop: lifecycle.StopRequest) -> dict:
         raise UserError(f'GAN loss became non-finite at step {step}; lower '
                         'optimizer.learning_rate (checkpoints so far are kept)')
       rate = len(losses) * config.batch_size / (time.time() - t_mark)
-      logging.info('step %d/%d  d_loss %.4f  g_loss %.4f  %.0f img/s', step, total,
-                   vals['d_loss'], vals['g_loss'], rate)
+      # The ETA counts this session's evaluations too (the Fréchet measurements are not free).
+      eta = (time.time() - session_start) / (step - first_step) * (total - step)
+      logging.info('step %d/%d  d_loss %.4f  g_loss %.4f  %.0f img/s  ETA %s', step, total,
+                   vals['d_loss'], vals['g_loss'], rate, util.format_seconds(eta))
       writer.write_scalars(step, {'train/d_loss': vals['d_loss'], 'train/g_loss': vals['g_loss']})
       meta.setdefault('train_log', []).append([step, vals['d_loss'], vals['g_loss']])
       losses, t_mark = [], time.time()
@@ -362,6 +364,9 @@ def plot(results: dict, images, labels, names, per_class: int, out: str, columns
       ax.set_xticks([])
       ax.set_yticks([])
     axes[c, 0].set_ylabel(names[c], rotation=0, ha='right', fontsize=8)
+  fig.suptitle(f'Generated samples, a row per class (step {results["steps"]}; the classifier '
+               f'labels {100 * results["generated_accuracy"]:.0f}% of them as their class)',
+               fontsize=8)
   common.save_figure(fig, os.path.join(out, 'samples.png'))
   fig, ax = plt.subplots(figsize=(5, 3.5))
   h = results['history']

@@ -68,3 +68,24 @@ def malloc() -> str:
 def tcmalloc_release_rate() -> str | None:
   """TCMALLOC_RELEASE_RATE under tcmalloc (setup_process sets '0': freed memory stays mapped)."""
   return os.environ.get('TCMALLOC_RELEASE_RATE') if malloc() == 'tcmalloc' else None
+
+
+def machine() -> dict:
+  """What a timing was measured on: the CPU's model and vector ISA (AVX2-only CPUs run this
+  project's convolutions several times slower than AVX-512 ones, docs/speed.md), cores, host."""
+  model, flags = '', set()
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        key, _, value = line.partition(':')
+        if key.strip() == 'model name' and not model:
+          model = value.strip()
+        elif key.strip() == 'flags' and not flags:
+          flags = set(value.split())
+  except OSError:  # not Linux: the platform module's answer
+    import platform
+    model = platform.processor()
+  isa = ('AVX-512' if 'avx512f' in flags else 'AVX2' if 'avx2' in flags else
+         'unknown' if not flags else 'pre-AVX2')
+  return {'cpu': model or 'unknown', 'isa': isa, 'cores': len(os.sched_getaffinity(0))
+          if hasattr(os, 'sched_getaffinity') else os.cpu_count(), 'host': os.uname().nodename}

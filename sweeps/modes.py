@@ -33,6 +33,9 @@ def sweep(config, workdir: str) -> int:
 
 
 def report(config, workdir: str) -> None:
-  """Gathers a sweep directory's trials into results.csv, results.md and plots."""
+  """Gathers a sweep directory's trials into results.csv, results.md and plots; main.py then
+  writes the page of the sweep or of the run (report/pages.py)."""
+  import os
   from sweeps import report as report_lib
-  report_lib.main(workdir, FLAGS.reference)
+  if workdir and os.path.isdir(os.path.join(workdir, 'trials')):
+    report_lib.main(workdir, FLAGS.reference)

@@ -224,6 +224,13 @@ def test_attack_mode_writes_every_number_and_figure(small_trained_net, standard_
                'membership.png', 'reconstruction.png'):
     assert os.path.getsize(os.path.join(out, name)) > 0, name
   assert 'robust accuracy' in proc.stdout
+  # Progress per part (not a terminal: log lines), the total time, and the page's section.
+  for part in ('whitebox', 'blackbox', 'transfer', 'fooling', 'patch', 'membership',
+               'reconstruction'):
+    assert f'attack: {part} done in' in proc.stderr, part
+  assert r['total_seconds'] > 0 and r['machine']['cores'] >= 1
+  page = open(os.path.join(workdir, 'report.html')).read()
+  assert '<section id="attack">' in page and 'the worst of every attack leaves' in page
 
 
 def test_bad_attack_settings_fail_with_one_line_before_compiling(small_trained_net, tmp_path):

@@ -180,6 +180,10 @@ def test_explain_mode_writes_its_outputs_and_refuses_bad_options(trained):
                                                        'ConvNormAct_2']
   for name in ('maps.png', 'metrics.md', 'inversion.png', 'projections.png', 'maximization.png'):
     assert os.path.getsize(os.path.join(out, name)) > 0, name
+  assert metrics['total_seconds'] > 0 and metrics['machine']['isa']
+  page = open(os.path.join(workdir, 'report.html')).read()  # rebuilt after the mode
+  assert '<section id="explain">' in page and 'src="explain/maps.png"' in page
+  assert 'is the most faithful map here' in page
   bad = subprocess.run(cmd[:4] + ['--explain_methods=lime'], cwd=REPO, capture_output=True,
                        text=True, timeout=300)
   errors = [l for l in bad.stderr.splitlines() if l.startswith('error:')]

@@ -9,7 +9,7 @@ import sys
 from conftest import REPO
 
 PACKAGES = ('analysis', 'attacks', 'compress', 'configs', 'data', 'gan', 'kernels', 'models',
-            'store', 'sweeps', 'train', 'errors', 'util', 'lifecycle')
+            'report', 'store', 'sweeps', 'train', 'errors', 'util', 'lifecycle')
 # Module-level functions allowed to import project modules inside them, with the reason.
 LAZY = {
     # Mode modules are imported by main.py before flags are parsed: JAX, TensorFlow and the

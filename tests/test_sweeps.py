@@ -2,6 +2,7 @@
 
 import csv
 import os
+import re
 import subprocess
 import sys
 
@@ -195,6 +196,11 @@ def test_local_sweep_end_to_end_skips_finished_and_reports_failures(tmp_path):
   for plot in report.ALWAYS_PLOTTED:
     with open(os.path.join(work, plot), 'rb') as f:
       assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  # The sweep's page links the page of every trial that ran (each written by its own run).
+  page = open(os.path.join(work, 'report.html')).read()
+  links = re.findall(r'href="(trials/[^"]+/report.html)"', page)
+  assert len(links) == 3 and all(os.path.exists(os.path.join(work, l)) for l in links), links
+  assert 'accuracy_by_configuration.png' in page
 
   # The same command again: finished trials are skipped, only the failed one runs again.
   second = sweep(args)
@@ -224,6 +230,7 @@ def test_report_lists_unfinished_trials_and_needs_a_sweep(tmp_path):
   (row,) = read_csv(work / 'results.csv')
   assert row['status'] == 'pending' and row['trial'] == 'seed=3'
   assert '`seed=3`: pending' in (work / 'results.md').read_text()
+  assert '<td>seed=3</td><td>pending</td>' in (work / 'report.html').read_text()
   assert all((work / p).exists() for p in report.ALWAYS_PLOTTED)
   missing = sweep(['--mode=report', f'--workdir={tmp_path}/none'])
   assert missing.returncode == 2 and missing.stderr.strip().splitlines()[-1].startswith('error: ')

@@ -201,12 +201,6 @@ def restore(exp: Experiment, mngr: ocp.CheckpointManager, meta: dict) -> dict:
 # ----------------------------------------------------------------------------- the run
 
 
-def _fmt_time(seconds: float) -> str:
-  seconds = int(max(0, seconds))
-  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m' if seconds >= 3600 else \
-      f'{seconds // 60}m{seconds % 60:02d}s'
-
-
 class Session:
   """The mutable side of one training process: checkpoints, timers, logs."""
 
@@ -282,7 +276,7 @@ class Session:
       eta = (exp.total_steps - step) * exp.config.batch_size / max(rate, 1e-9)
       logging.info('step %d/%d  epoch %.2f  loss %.4f  acc %.2f%%  lr %.4g  %.0f img/s  ETA %s',
                    step, exp.total_steps, step / exp.steps_per_epoch, self.last_train['loss'],
-                   100 * self.last_train['accuracy'], lr, rate, _fmt_time(eta))
+                   100 * self.last_train['accuracy'], lr, rate, util.format_seconds(eta))
       self.writer.write_scalars(step, {'train/loss': self.last_train['loss'],
                                        'train/accuracy': self.last_train['accuracy'],
                                        'train/learning_rate': lr, 'train/images_per_sec': rate})
@@ -375,6 +369,9 @@ def results_dict(session: Session) -> dict:
       'conv_algorithm': exp.convolutions.algorithm,
       'xla_compiler_options': exp.convolutions.compiler_options(),
       'malloc': runtime.malloc(),
+      'machine': runtime.machine(),
+      'commit': util.source_version(),
+      'finished_at': time.strftime('%Y-%m-%d %H:%M:%S %Z'),
       'tcmalloc_release_rate': runtime.tcmalloc_release_rate(),
       'preprocess': meta['run']['preprocess'],
       'dataset': meta['run']['dataset'],
@@ -540,5 +537,5 @@ def _train(config, workdir: str, wrap_tx, init_variables, t_start: float,
     writer.close()
     logging.info('Done: %s, %s params, %.0f img/s, %s wall time. Results in %s',
                  exp.task.summary(results), f'{exp.num_params:,}',
-                 results['images_per_sec'], _fmt_time(results['train_time_s']), results_path)
+                 results['images_per_sec'], util.format_seconds(results['train_time_s']), results_path)
   return results

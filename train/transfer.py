@@ -150,8 +150,11 @@ def _shapes(tree) -> Any:
 
 def same_classes(a: dict, b: dict) -> bool:
   """Whether two runs' dataset identities (datasets.identity) have the same classes."""
-  keys = ('name', 'num_classes', 'classes', 'class_names', 'data_dir')
-  return all(a.get(k) == b.get(k) for k in keys)
+  keys = ('name', 'num_classes', 'classes', 'data_dir')
+  # Runs recorded before a dataset's names were known have none: absent names are no difference.
+  names = a.get('class_names') and b.get('class_names')
+  return all(a.get(k) == b.get(k) for k in keys) and (
+      not names or a['class_names'] == b['class_names'])
 
 
 def initial_variables(config, model, example_shape, key, source, this_dataset: dict,
