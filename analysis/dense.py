@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import attacks
+import util
 from analysis import attack as attack_lib
 from analysis import common, visualize
 from analysis import options
@@ -133,6 +134,7 @@ def run_explain(workdir: str, o: options.Explain) -> dict:
   """Maps of the chosen methods on `o.num_images` test images; `W/explain/` gets maps.png and
   results.json/.md (per method: the share of |attribution| inside the region; integrated
   gradients' completeness error)."""
+  progress = util.Progress('explain', {'maps': 1.0})
   run = runs.load_run(workdir, o.step)
   tasks.check_mode(run.config, 'explain')
   out_dir = common.output_dir(workdir, 'explain')
@@ -162,6 +164,7 @@ def run_explain(workdir: str, o: options.Explain) -> dict:
   layer = o.layer or default_layer(net, variables, images.shape[1:])
   maps, measures = {}, []
   key = jax.random.key(o.seed)
+  progress.part('maps', len(methods))
   for m in methods:
     t = time.time()
     delta = None
@@ -188,6 +191,7 @@ def run_explain(workdir: str, o: options.Explain) -> dict:
       row['ig_completeness_error'] = float(np.mean(np.abs(np.asarray(delta)) /
                                                    np.maximum(gap, 1e-6)))
     measures.append(row)
+    progress.advance()
   names = list(run.info.class_names) or [str(c) for c in range(dense.shape[-1])]
   _maps_png(images, truth, pred, region, classes, maps, names, dense.shape[-1],
             os.path.join(out_dir, 'maps.png'))
@@ -197,6 +201,7 @@ def run_explain(workdir: str, o: options.Explain) -> dict:
              'methods': measures, 'notes': notes, 'maps': 'explain/maps.png'}
   common.write_outputs(out_dir, results, measures, title='Attribution maps of a segmentation run'
                        f' (class logit summed over the {o.region} region)')
+  common.finish(results, progress, os.path.join(out_dir, 'results.json'))
   return results
 
 
@@ -265,6 +270,7 @@ def pgd_dense(f, x, masks, eps: float, norm: str, steps: int, key, target: int |
 def run_attack(workdir: str, o: options.Attack) -> dict:
   """Untargeted and targeted PGD per eps on `o.examples` test images; `W/attack/` gets
   results.json/.md and examples.png."""
+  progress = util.Progress('attack', {'whitebox': 1.0})
   run = runs.load_run(workdir, o.step)
   tasks.check_mode(run.config, 'attack')
   num_classes, target_class = run.info.num_classes, o.target_class
@@ -300,9 +306,11 @@ def run_attack(workdir: str, o: options.Attack) -> dict:
       hits += int((p[obj] == target_class).sum())
       objects += int(obj.sum())
       preds.append((np.asarray(xa), p))
+      progress.advance(len(xb) / len(x_all))
     return segmentation.scores(conf), hits / max(objects, 1), preds
 
   t = time.time()
+  progress.part('whitebox', 1 + 2 * len(eps_list))  # clean, then PGD and targeted PGD per eps
   clean, clean_rate, clean_preds = measure(lambda xb, yb, k: xb)
   rows = [{'attack': 'none', 'eps': 0.0, 'norm': o.norm, 'miou': clean['miou'],
            'pixel_accuracy': clean['pixel_accuracy'], 'robust_accuracy': clean['pixel_accuracy'],
@@ -330,6 +338,7 @@ def run_attack(workdir: str, o: options.Attack) -> dict:
   common.write_outputs(out_dir, results, rows, title=f'PGD on a segmentation run ({o.norm}, '
                        f'{o.pgd_steps} steps, {len(images)} test images; target_rate: share of '
                        f'object pixels predicted as {names[target_class]})')
+  common.finish(results, progress, os.path.join(out_dir, 'results.json'))
   return results
 
 

@@ -25,6 +25,7 @@ import jinja2
 import util
 from configs import default as default_config
 from errors import UserError
+from sweeps import runner
 
 PAGE = 'report.html'
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'templates')
@@ -194,10 +195,12 @@ def _gan_reading(r: dict) -> str:
           f'{_pct(r.get("classifier_accuracy_on_real"))}).')
 
 
-# folder -> (title, results file, reading, figures in reading order with captions). Figures a
-# mode wrote that are not listed still appear, after these.
+# folder -> (title, results file(s) ('|': the first that exists), reading, figures in reading
+# order with captions). Figures a mode wrote that are not listed still appear, after these.
 MODES: dict[str, tuple[str, str, Callable[[dict], str], dict[str, str]]] = {
-    'explain': ('What the network looks at (--mode=explain)', 'metrics.json', _explain_reading, {
+    # A classifier's explain writes metrics.json, a segmentation run's results.json.
+    'explain': ('What the network looks at (--mode=explain)', 'metrics.json|results.json',
+                _explain_reading, {
         'maps.png': 'Attribution maps of the explained class per method.',
         'projections.png': 'Top-activating test images of four channels and their deconvnet '
                            'projections (Zeiler & Fergus).',
@@ -234,9 +237,10 @@ def _figures(root: str, folder: str, captions: dict[str, str]) -> list[dict]:
 def mode_sections(workdir: str) -> list[dict]:
   """One section per mode that has written its results into the workdir, in MODES order."""
   sections = []
-  for folder, (title, results_file, reading, captions) in MODES.items():
+  for folder, (title, results_files, reading, captions) in MODES.items():
     here = os.path.join(workdir, folder)
-    r = util.read_json(os.path.join(here, results_file))
+    found = [(f, util.read_json(os.path.join(here, f))) for f in results_files.split('|')]
+    results_file, r = next(((f, r) for f, r in found if r is not None), (None, None))
     if r is None:
       continue
     try:
@@ -354,14 +358,14 @@ def sweep_page(workdir: str) -> str:
   trials = []
   for n in [d for d in declared if d in on_disk] + [d for d in on_disk if d not in declared]:
     here = os.path.join(root, n)
-    status = _json(here, 'status.json')
+    status = _json(here, runner.STATUS)
     results = _json(here, 'results.json')
     page = None
     if os.path.exists(os.path.join(here, 'config.json')):
       run_page(here)
       page = f'trials/{n}/{PAGE}'
     metric = next((results[k] for k in ('test_accuracy', 'test_miou') if k in results), None)
-    trials.append({'name': n, 'state': status.get('state', 'unknown'), 'metric': metric,
+    trials.append({'name': n, 'state': runner.state(here), 'metric': metric,
                    'seconds': results.get('train_time_s'), 'page': page,
                    'error': status.get('error', '')})
   figures = [f for f in _figures(workdir, '', {
