@@ -92,13 +92,14 @@ def _overlay_grid(plt, images, maps: dict, titles: list[str], path: str) -> None
   common.save_figure(fig, path)
 
 
-def _targets(net, o: Options, num_classes: int, convs) -> list[tuple[str, Callable]]:
+def _targets(net, o: Options, names: list[str], convs) -> list[tuple[str, Callable]]:
   """(label, score(variables, x)) of each activation-maximization target."""
   out = []
   names = [name for name, _ in convs]
   for spec in o.maximize_targets or ('classes',):
     if spec == 'classes':
-      out += [(f'logit {c}', lambda v, x, c=c: net.logits(v, x)[:, c]) for c in range(num_classes)]
+      out += [(f'logit of {name}', lambda v, x, c=c: net.logits(v, x)[:, c])
+              for c, name in enumerate(names)]
       continue
     layer, _, channel = spec.rpartition(':')
     if layer not in names or not channel.isdigit():
@@ -277,7 +278,7 @@ def _maximize(ctx: Context) -> None:
   if not image_model:
     return
   rows_img, row_labels, maxi = [], [], []
-  targets = _targets(net, o, run.info.num_classes, convs)
+  targets = _targets(net, o, common.class_names(run.info), convs)
   ctx.progress.part('maximize', len(targets))
   for i, (target, score) in enumerate(targets):
     imgs, start, end = vis.maximize(net, variables, shape, score, starts=3,
