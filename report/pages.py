@@ -269,9 +269,14 @@ def _environment() -> jinja2.Environment:
                            lstrip_blocks=True)
   env.filters['pct'] = _pct
   env.filters['duration'] = _seconds
-  env.filters['num'] = lambda v: f'{v:,}' if isinstance(v, int) else (
-      f'{v:.4g}' if isinstance(v, float) else str(v))
+  env.filters['num'] = _num
   return env
+
+
+def _num(v: Any) -> str:
+  if isinstance(v, bool):
+    return 'yes' if v else 'no'
+  return f'{v:,}' if isinstance(v, int) else f'{v:.4g}' if isinstance(v, float) else str(v)
 
 
 def _latest_checkpoint(workdir: str) -> int | None:
@@ -280,15 +285,19 @@ def _latest_checkpoint(workdir: str) -> int | None:
   return max(steps) if steps else None
 
 
-def _metrics(results: dict) -> list[dict]:
-  """The run's headline numbers: every test/best/robust field of results.json."""
+FRACTIONS = ('accuracy', 'miou', 'iou', 'map', 'ap50', 'dice')  # fields shown in percent
+
+
+def _metrics(results: dict, every: bool = False) -> list[dict]:
+  """The run's headline numbers: every test/best/robust field of results.json (`every`: all
+  scalar fields, as of eval.json), fractions in percent."""
   rows = []
   for k in sorted(results):
     v = results[k]
-    if (k.startswith(('test_', 'best_', 'robust_', 'source_')) and isinstance(v, (int, float))
-        and not isinstance(v, bool)):
-      fraction = any(w in k for w in ('accuracy', 'miou', 'iou', 'map', 'ap50', 'dice'))
-      rows.append({'name': k, 'value': _pct(v) if fraction else f'{v:.4g}'})
+    if (every or k.startswith(('test_', 'best_', 'robust_', 'source_'))) and isinstance(
+        v, (int, float)):
+      fraction = not isinstance(v, bool) and any(w in k for w in FRACTIONS)
+      rows.append({'name': k, 'value': _pct(v) if fraction else _num(v)})
   return rows
 
 
@@ -322,7 +331,8 @@ def run_context(workdir: str) -> dict:
   return {
       'title': name, 'workdir': os.path.abspath(workdir), 'model': model, 'dataset': dataset,
       'task': config.get('task', 'classification'), 'status': status, 'results': results,
-      'evaluation': evaluation, 'config_diff': config_diff(config) if config else [],
+      'evaluation': _metrics(evaluation, every=True), 'has_config': bool(config),
+      'config_diff': config_diff(config) if config else [],
       'metrics': _metrics(results), 'history': _history(results),
       'machine': _machine(results.get('machine')) if results else '',
       'figures': top_figures, 'sections': mode_sections(workdir),
