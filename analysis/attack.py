@@ -563,7 +563,7 @@ def examples_png(plt, x, adversarials, clean_ok, y, probs, eps_list, names, path
     axes[2, j].set_title(common.example_title(names, int(y[i]), int(p_adv[i].argmax()),
                                               float(p_adv[i].max())), fontsize=6)
   if gray:
-    common.colorbar(fig, art, axes[1, :], 'perturbation (pixel value, images in [0, 1])')
+    common.colorbar(fig, art, axes[1, -1], 'perturbation\n(pixels in [0, 1])', where='right')
   fig.suptitle(f'PGD at eps {eps:.3g}: clean (top), perturbation, adversarial (bottom)'
                + ('' if gray else '; perturbation magnified to the full range'), fontsize=8)
   common.save_figure(fig, path)

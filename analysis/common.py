@@ -148,9 +148,12 @@ def show_map(ax, values: np.ndarray, signed: bool, under: np.ndarray | None = No
   return art
 
 
-def colorbar(fig, art, ax, label: str) -> None:
-  """A horizontal colorbar under `ax` (a column of maps shares one scale)."""
-  bar = fig.colorbar(art, ax=ax, orientation='horizontal', fraction=0.08, pad=0.04)
+def colorbar(fig, art, ax, label: str, where: str = 'below') -> None:
+  """A colorbar in an inset just below (horizontal) or right of (vertical) `ax`: an inset takes
+  no room from the grid, so every panel keeps its size and the columns stay aligned."""
+  box = [0.0, -0.16, 1.0, 0.07] if where == 'below' else [1.04, 0.0, 0.06, 1.0]
+  cax = ax.inset_axes(box)
+  bar = fig.colorbar(art, cax=cax, orientation='horizontal' if where == 'below' else 'vertical')
   bar.ax.tick_params(labelsize=6)
   bar.set_label(label, fontsize=6)
 

@@ -85,7 +85,7 @@ def _overlay_grid(plt, images, maps: dict, titles: list[str], path: str) -> None
       if i == 0:
         axes[i, j + 1].set_title(name.replace('_', ' '), fontsize=7)
       if i == n - 1:
-        common.colorbar(fig, art, axes[:, j + 1], 'contribution / its max |value|'
+        common.colorbar(fig, art, axes[i, j + 1], 'contribution / its max |value|'
                         if name in SIGNED else 'sensitivity / its max')
   fig.suptitle('Attribution of the explained class: red = evidence for it, blue = against '
                '(signed maps); bright = sensitive (the others)', fontsize=8)
