@@ -23,6 +23,7 @@ from typing import Any, Callable
 import jinja2
 
 import util
+from configs import dcgan_fashion_mnist, segmentation
 from configs import default as default_config
 from errors import UserError
 from sweeps import runner
@@ -89,10 +90,20 @@ def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
   return {prefix[:-1]: tree}
 
 
+def reference_config(config: dict) -> tuple[str, Any]:
+  """The shipped config a run is compared with: its kind's (a GAN's, a segmentation run's),
+  else configs/default.py's."""
+  if 'gan' in config:
+    return 'configs/dcgan_fashion_mnist.py', dcgan_fashion_mnist
+  if config.get('task') == 'segmentation':
+    return 'configs/segmentation.py', segmentation
+  return 'configs/default.py', default_config
+
+
 def config_diff(config: dict) -> list[dict]:
-  """The keys where a run's config.json differs from configs/default.py's config (what a user
-  changed, by flag or by config file), with both values."""
-  defaults = _flatten(json.loads(default_config.get_config().to_json()))
+  """The keys where a run's config.json differs from the shipped config of its kind
+  (reference_config: what a user changed, by flag or by config file), with both values."""
+  defaults = _flatten(json.loads(reference_config(config)[1].get_config().to_json()))
   mine = _flatten(config)
   shown = lambda v: '""' if v == '' else v  # an empty string is a value, not a blank cell
   return [{'key': k, 'value': shown(mine.get(k, '(absent)')),
@@ -317,8 +328,12 @@ def run_context(workdir: str) -> dict:
   name = os.path.basename(os.path.abspath(workdir))
   model = (config.get('model') or {}).get('name', '?')
   dataset = (config.get('dataset') or {}).get('name', '?')
+  gan = _json(workdir, 'gan', 'results.json')
   if results:
     status = f'finished {results.get("finished_at") or ""}'.strip()
+  elif gan:
+    status = (f'GAN trained for {gan.get("steps")} steps in '
+              f'{_seconds(gan.get("train_time_s"))} (results in gan/)')
   else:
     step = _latest_checkpoint(workdir)
     status = ('not trained yet' if step is None else
@@ -332,6 +347,7 @@ def run_context(workdir: str) -> dict:
       'title': name, 'workdir': os.path.abspath(workdir), 'model': model, 'dataset': dataset,
       'task': config.get('task', 'classification'), 'status': status, 'results': results,
       'evaluation': _metrics(evaluation, every=True), 'has_config': bool(config),
+      'reference': reference_config(config)[0],
       'config_diff': config_diff(config) if config else [],
       'metrics': _metrics(results), 'history': _history(results),
       'machine': _machine(results.get('machine')) if results else '',
