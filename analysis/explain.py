@@ -92,14 +92,14 @@ def _overlay_grid(plt, images, maps: dict, titles: list[str], path: str) -> None
   common.save_figure(fig, path)
 
 
-def _targets(net, o: Options, names: list[str], convs) -> list[tuple[str, Callable]]:
+def _targets(net, o: Options, class_names: list[str], convs) -> list[tuple[str, Callable]]:
   """(label, score(variables, x)) of each activation-maximization target."""
   out = []
   names = [name for name, _ in convs]
   for spec in o.maximize_targets or ('classes',):
     if spec == 'classes':
       out += [(f'logit of {name}', lambda v, x, c=c: net.logits(v, x)[:, c])
-              for c, name in enumerate(names)]
+              for c, name in enumerate(class_names)]
       continue
     layer, _, channel = spec.rpartition(':')
     if layer not in names or not channel.isdigit():
@@ -390,5 +390,7 @@ def run_explain(workdir: str, o: Options) -> dict:
   for name, fn in PART_FUNCTIONS:
     if name in o.parts:
       fn(ctx)
-  common.finish(ctx.results, ctx.progress, f'{ctx.out}/metrics.json')
+  # metrics.json is the maps part's; a run of other parts alone must not overwrite it.
+  common.finish(ctx.results, ctx.progress,
+                f'{ctx.out}/metrics.json' if 'maps' in o.parts else f'{ctx.out}/parts.json')
   return ctx.results

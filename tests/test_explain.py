@@ -181,6 +181,8 @@ def test_explain_mode_writes_its_outputs_and_refuses_bad_options(trained):
   for name in ('maps.png', 'metrics.md', 'inversion.png', 'projections.png', 'maximization.png'):
     assert os.path.getsize(os.path.join(out, name)) > 0, name
   assert metrics['total_seconds'] > 0 and metrics['machine']['isa']
+  maxi = json.load(open(os.path.join(out, 'maximization.json')))
+  assert maxi[0]['target'] == 'logit of class 0'  # named by class (synthetic data: no names)
   page = open(os.path.join(workdir, 'report.html')).read()  # rebuilt after the mode
   assert '<section id="explain">' in page and 'src="explain/maps.png"' in page
   assert 'is the most faithful map here' in page
