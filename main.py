@@ -97,8 +97,7 @@ def rebuild_page(mode: str, workdir: str | None) -> None:
       raise UserError(f'--mode=report needs --workdir=W naming a run or a sweep, got {workdir!r}')
     print(f'report: {pages.build(workdir)}', flush=True)
     return
-  if not workdir or not (pages.is_sweep(workdir) or
-                         os.path.exists(os.path.join(workdir, 'config.json'))):
+  if not workdir or not pages.kind(workdir):
     return
   try:
     path = pages.build(workdir)

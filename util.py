@@ -15,12 +15,17 @@ from absl import logging
 from errors import UserError
 
 
-def write_json(path: str, obj: Any) -> None:
-  """Writes `obj` to `path` atomically (a reader never sees half a file)."""
+def write_text(path: str, text: str) -> None:
+  """Writes `text` to `path` atomically (a reader never sees half a file)."""
   tmp = f'{path}.tmp{os.getpid()}'
   with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=str)
+    f.write(text)
   os.replace(tmp, path)
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Writes `obj` to `path` atomically, as JSON."""
+  write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 def read_json(path: str) -> dict | None:

@@ -524,9 +524,9 @@ def run_attack(workdir: str, o: Options) -> dict:
     logging.warning('attack: %s', w)
   columns = ['attack', 'norm', 'eps', 'robust_accuracy', 'attack_success_rate',
              'mean_perturbation_norm', 'queries', 'seconds']
+  common.stamp(results, ctx.progress)
   common.write_outputs(out, results, rows, f'Robustness of {workdir} (clean accuracy '
                        f'{100 * results["clean_accuracy"]:.2f}% on {n} test examples)', columns)
-  common.finish(results, ctx.progress, f'{out}/results.json')
   return results
 
 

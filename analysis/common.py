@@ -78,13 +78,12 @@ def write_outputs(directory: str, results: dict, rows: Sequence[dict] = (), titl
   return {'json': json_path, 'md': md_path}
 
 
-def finish(results: dict, progress: util.Progress, path: str) -> dict:
-  """Stamps a mode's results with its total time, the machine it ran on (timings mean little
-  without the CPU: kernels.runtime.machine) and the code's commit, and writes them to `path`."""
+def stamp(results: dict, progress: util.Progress) -> dict:
+  """A mode's results with its total time, the machine it ran on (timings mean little without
+  the CPU: kernels.runtime.machine) and the code's commit; called just before they are written."""
   results['total_seconds'] = progress.total_seconds()
   results['machine'] = runtime.machine()
   results['commit'] = util.source_version()
-  util.write_json(path, results)
   return results
 
 

@@ -199,9 +199,9 @@ def run_explain(workdir: str, o: options.Explain) -> dict:
              'classes': classes.tolist(), 'class_names': [names[c] for c in classes],
              'explain_class': o.explain_class, 'region': o.region, 'layer': layer,
              'methods': measures, 'notes': notes, 'maps': 'explain/maps.png'}
+  common.stamp(results, progress)
   common.write_outputs(out_dir, results, measures, title='Attribution maps of a segmentation run'
                        f' (class logit summed over the {o.region} region)')
-  common.finish(results, progress, os.path.join(out_dir, 'results.json'))
   return results
 
 
@@ -335,10 +335,10 @@ def run_attack(workdir: str, o: options.Attack) -> dict:
              'target_name': names[target_class], 'clean_miou': clean['miou'],
              'clean_accuracy': clean['pixel_accuracy'], 'attacks': rows[1:], 'notes': notes,
              'figure': 'attack/examples.png'}
+  common.stamp(results, progress)
   common.write_outputs(out_dir, results, rows, title=f'PGD on a segmentation run ({o.norm}, '
                        f'{o.pgd_steps} steps, {len(images)} test images; target_rate: share of '
                        f'object pixels predicted as {names[target_class]})')
-  common.finish(results, progress, os.path.join(out_dir, 'results.json'))
   return results
 
 

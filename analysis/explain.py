@@ -391,6 +391,6 @@ def run_explain(workdir: str, o: Options) -> dict:
     if name in o.parts:
       fn(ctx)
   # metrics.json is the maps part's; a run of other parts alone must not overwrite it.
-  common.finish(ctx.results, ctx.progress,
-                f'{ctx.out}/metrics.json' if 'maps' in o.parts else f'{ctx.out}/parts.json')
+  util.write_json(f'{ctx.out}/metrics.json' if 'maps' in o.parts else f'{ctx.out}/parts.json',
+                  common.stamp(ctx.results, ctx.progress))
   return ctx.results

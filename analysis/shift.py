@@ -269,12 +269,11 @@ def run_shift(workdir: str, o: Options) -> dict:
   if ref_run is not None:
     title += (f'; mCE {results["mce"]:.1f}, relative mCE {results["relative_mce"]:.1f} '
               f'(reference {o.reference} = 100)')
-  common.write_outputs(out, results, rows, title)
   plt = common.pyplot()
   examples_png(plt, x, y, o, _predictor(run, o.batch, probabilities=True),
                common.class_names(run.info), f'{out}/examples.png')
   curve_png(plt, results, f'{out}/accuracy_vs_severity.png')
-  common.finish(results, progress, f'{out}/results.json')
+  common.write_outputs(out, common.stamp(results, progress), rows, title)
   logging.info('shift: %d corruptions x %d severities on %d images in %.0fs',
                len(acc), len(o.severities), len(y), results['seconds'])
   return results

@@ -302,6 +302,8 @@ def run_compress(workdir: str, o: Options) -> dict:
              'stages': rows, 'layers': layer_rows, 'int8': int8_info,
              'options': dataclasses.asdict(o),
              'per_layer_settings': ctx.per_layer}
+  _plot(rows, os.path.join(out, 'compression.png'), run.config.model.name)
+  common.stamp(results, progress)
   common.write_outputs(out, results, rows, title=f'Compression of {workdir} '
                        f'({run.config.model.name}, step {run.step})', columns=STAGE_COLUMNS)
   with open(os.path.join(out, 'results.md'), 'a') as f:
@@ -313,8 +315,6 @@ def run_compress(workdir: str, o: Options) -> dict:
       if int8_info['speed_xla_default_flags']:
         rows_speed.append({'xla_flags': 'XLA defaults', **int8_info['speed_xla_default_flags']})
       f.write(common.markdown_table(rows_speed))
-  _plot(rows, os.path.join(out, 'compression.png'), run.config.model.name)
-  common.finish(results, progress, os.path.join(out, 'results.json'))
   return results
 
 

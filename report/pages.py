@@ -339,10 +339,10 @@ def run_context(workdir: str) -> dict:
     status = ('not trained yet' if step is None else
               f'training unfinished: checkpoint of step {step} (rerun the training command '
               'to resume)')
-  top_figures = [f for f in _figures(workdir, '', {
+  top_figures = _figures(workdir, '', {
       'curves.png': 'Test metric per evaluation and training loss.',
       'predictions.png': 'Test images with the true and predicted masks.',
-      'diagnostics.png': 'Per-layer activation and gradient statistics during training.'})]
+      'diagnostics.png': 'Per-layer activation and gradient statistics during training.'})
   return {
       'title': name, 'workdir': os.path.abspath(workdir), 'model': model, 'dataset': dataset,
       'task': config.get('task', 'classification'), 'status': status, 'results': results,
@@ -357,22 +357,18 @@ def run_context(workdir: str) -> dict:
   }
 
 
-def _write(path: str, text: str) -> str:
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)  # a browser reloading the page never sees half of it
+def run_page(workdir: str) -> str:
+  """Writes `W/report.html` for the run in `workdir`; returns its path."""
+  path = os.path.join(workdir, PAGE)
+  util.write_text(path, _environment().get_template('run.html').render(**run_context(workdir)))
   return path
 
 
-def run_page(workdir: str) -> str:
-  """Writes `W/report.html` for the run in `workdir`; returns its path."""
-  page = _environment().get_template('run.html').render(**run_context(workdir))
-  return _write(os.path.join(workdir, PAGE), page)
-
-
-def is_sweep(workdir: str) -> bool:
-  return os.path.isdir(os.path.join(workdir, 'trials'))
+def kind(workdir: str) -> str | None:
+  """'sweep' (a trials/ folder), 'run' (a config.json), or None: what page a folder gets."""
+  if os.path.isdir(os.path.join(workdir, 'trials')):
+    return 'sweep'
+  return 'run' if os.path.exists(os.path.join(workdir, 'config.json')) else None
 
 
 def sweep_page(workdir: str) -> str:
@@ -394,27 +390,27 @@ def sweep_page(workdir: str) -> str:
     trials.append({'name': n, 'state': runner.state(here), 'metric': metric,
                    'seconds': results.get('train_time_s'), 'page': page,
                    'error': status.get('error', '')})
-  figures = [f for f in _figures(workdir, '', {
+  figures = _figures(workdir, '', {
       'accuracy_by_configuration.png': 'Final test metric per configuration: mean, 95% CI, '
                                        'seeds as dots.',
       'curves.png': 'Test metric per evaluation, mean over seeds.',
       'accuracy_vs_params.png': 'Accuracy against parameters.',
       'accuracy_vs_macs.png': 'Accuracy against multiply-accumulates.',
       'accuracy_vs_depth.png': 'Accuracy against depth.',
-      'one_by_one_placement.png': 'Accuracy per 1x1-convolution placement.'})]
+      'one_by_one_placement.png': 'Accuracy per 1x1-convolution placement.'})
   context = {'title': os.path.basename(os.path.abspath(workdir)),
              'workdir': os.path.abspath(workdir), 'trials': trials, 'figures': figures,
              'blocks': markdown_blocks(os.path.join(workdir, 'results.md')),
              'built': datetime.datetime.now().strftime('%Y-%m-%d %H:%M:%S')}
-  page = _environment().get_template('sweep.html').render(**context)
-  return _write(os.path.join(workdir, PAGE), page)
+  path = os.path.join(workdir, PAGE)
+  util.write_text(path, _environment().get_template('sweep.html').render(**context))
+  return path
 
 
 def build(workdir: str) -> str:
   """The page of a sweep directory or of a run; a UserError where `workdir` is neither."""
-  if is_sweep(workdir):
-    return sweep_page(workdir)
-  if os.path.exists(os.path.join(workdir, 'config.json')):
-    return run_page(workdir)
+  page = {'sweep': sweep_page, 'run': run_page}.get(kind(workdir))
+  if page:
+    return page(workdir)
   raise UserError(f'{workdir} holds neither a run (config.json) nor a sweep (trials/); train or '
                   'sweep into it first')
